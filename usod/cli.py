@@ -1,0 +1,121 @@
+"""The ``usod`` command line.
+
+``usod fit|validate|test|predict --config ...`` go to :class:`UsodCLI`, a LightningCLI in subclass mode for
+models and data (``usod predict --ckpt ... --input ... --output ...`` is the simple folder predictor instead).
+Every other command is a small module in :mod:`usod.commands` with ``add_arguments`` and ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+# command path -> (module, one-line help); modules are imported only when their command runs.
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("list",): ("usod.commands.list_cmd", "list registered datasets, datamodules and models"),
+    ("data", "inspect"): ("usod.commands.data_inspect", "check a dataset folder and count its samples"),
+    ("data", "synth"): ("usod.commands.data_synth", "write the embedded synthetic dataset"),
+    ("evaluate",): ("usod.commands.evaluate", "score saliency maps against ground truth"),
+}
+FOLDER_PREDICT = ("usod.commands.predict", "predict saliency maps for a folder of images or a video file")
+
+
+def lightning_main(args: Sequence[str] | None = None) -> None:
+    """Run the Lightning CLI (imports Lightning and the model zoo only here)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.cli import LightningCLI
+
+    class UsodCLI(LightningCLI):
+        """LightningCLI over every registered LightningModule and LightningDataModule."""
+
+    import usod.models  # noqa: F401  (registers model classes for class_path resolution)
+
+    UsodCLI(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=list(args) if args is not None else None,
+    )
+
+
+def _is_folder_predict(argv: Sequence[str]) -> bool:
+    return bool(argv) and argv[0] == "predict" and any(a == "--input" or a.startswith("--input=") for a in argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from usod import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="usod",
+        description="Unsupervised salient object detection. Training: usod fit|validate|test|predict --config FILE",
+    )
+    parser.add_argument("--version", action="version", version=f"usod {__version__}")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name in LIGHTNING_SUBCOMMANDS:
+        top.add_parser(name, help=f"Lightning CLI: {name} a model (see `usod {name} --help`)", add_help=False)
+    for path, (module, help_text) in COMMANDS.items():
+        parent = top
+        for part in path[:-1]:
+            if part not in groups:
+                groups[part] = top.add_parser(part, help=f"{part} commands").add_subparsers(
+                    dest=f"{part}_command", metavar="SUBCOMMAND", required=True
+                )
+            parent = groups[part]
+        sub = parent.add_parser(path[-1], help=help_text, description=help_text)
+        sub.set_defaults(_module=module)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the user's input: printed as one line, not as a stack trace."""
+    errors: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError, FileExistsError]
+    try:
+        from usod.data.io import InvalidInputError
+
+        errors.append(InvalidInputError)
+    except ImportError:  # pragma: no cover - io is part of the package
+        pass
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_SUBCOMMANDS and not _is_folder_predict(argv):
+        lightning_main(argv)
+        return 0
+    if _is_folder_predict(argv):
+        path: tuple[str, ...] = ("predict",)
+        module_name, help_text = FOLDER_PREDICT
+    else:
+        # Two passes: find the command, then let its module add its own arguments.
+        parser = build_parser()
+        known, _ = parser.parse_known_args(argv)
+        module_name = getattr(known, "_module", None)
+        if module_name is None:
+            parser.print_help()
+            return 0 if not argv else 2
+        path = next(p for p, (m, _) in COMMANDS.items() if m == module_name)
+        help_text = COMMANDS[path][1]
+    module = importlib.import_module(module_name)
+    sub = argparse.ArgumentParser(prog="usod " + " ".join(path), description=help_text)
+    module.add_arguments(sub)
+    args = sub.parse_args(argv[len(path) :])
+    try:
+        return int(module.run(args) or 0)
+    except _user_errors() as err:
+        print(f"usod: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""``usod list {datasets,datamodules,models}``: print the registries."""
+
+from __future__ import annotations
+
+import argparse
+
+WHATS = ("datasets", "datamodules", "models")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=WHATS, nargs="?", default="datasets", help="which registry to print")
+    parser.add_argument("--layouts", action="store_true", help="print each dataset's expected folder tree")
+
+
+def _print_datasets(show_layouts: bool) -> None:
+    from usod.data.datasets import list_datasets
+
+    rows = list_datasets()
+    width = max(len(name) for name, _, _ in rows)
+    print(f"{'name':<{width}}  modality  layout")
+    for name, modality, layout in rows:
+        lines = layout.strip().splitlines()
+        first = lines[0] if lines else ""
+        print(f"{name:<{width}}  {modality:<8}  {first}")
+        if show_layouts:
+            for line in lines[1:]:
+                print(f"{'':<{width}}  {'':<8}  {line}")
+
+
+def _print_registry(registry: dict[str, type]) -> None:
+    width = max(len(name) for name in registry)
+    for name, cls in registry.items():
+        doc = (cls.__doc__ or "").strip().splitlines()
+        print(f"{name:<{width}}  {cls.__module__}.{cls.__qualname__}  {doc[0] if doc else ''}")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.what == "datasets":
+        _print_datasets(args.layouts)
+    elif args.what == "datamodules":
+        from usod.data.datamodules import DATAMODULES
+
+        _print_registry(DATAMODULES)
+    else:
+        from usod.models.registry import MODELS
+
+        _print_registry(MODELS)
+    return 0

@@ -1,0 +1,187 @@
+"""The shared LightningDataModule behind every registered dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from usod.data.datasets import get_dataset
+from usod.data.transforms import EvalTransform, GPUAugmentation, TrainTransform
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and ``random`` in a DataLoader worker from torch's per-worker seed.
+
+    Albumentations draws from numpy/``random``; without this, forked workers would repeat the parent's
+    random stream and every worker would apply the same augmentations.
+    """
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class SODDataModule(pl.LightningDataModule):
+    """Data for unsupervised SOD: unlabelled training images, labelled evaluation images.
+
+    The training split never reads ground truth: it yields ``image`` (plus the auxiliary modalities) and,
+    when a pseudo-label directory is attached, ``pseudo``. Validation and test splits read ``mask``.
+    Prediction runs over the training images by default (that is how pseudo labels are written).
+
+    Args:
+        dataset: registered dataset name for training (see ``usod list datasets``).
+        root: dataset root folder.
+        split: training split name (``None``: the dataset's default).
+        val_dataset: dataset name for validation/test (default: ``dataset``).
+        val_root: root for validation/test (default: ``root``; evaluating on the training images is the usual
+            way to measure pseudo-label quality in USOD).
+        val_split: validation/test split name.
+        predict_on: which images ``predict`` runs on: ``"train"`` or ``"val"``.
+        pseudo_dir: folder of pseudo labels (``<id>.png``) read as ``pseudo`` in training.
+        image_size: model input size, an int or ``(height, width)``.
+        batch_size: batch size for every stage.
+        num_workers: DataLoader workers.
+        pin_memory: pin host memory (only useful with a GPU).
+        augment: random resized crop, flip and colour jitter in training; ``False`` gives resize only
+            (required by frozen-encoder feature caching).
+        crop_scale: area range of the random resized crop.
+        with_flow: add optical flow for video datasets.
+        skip_invalid: skip samples with missing counterpart files instead of raising.
+        gpu_augment: augment training batches with kornia on the device (after transfer) instead of with
+            albumentations in the workers; the workers then only resize.
+        seed: seed of the training shuffle.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "folder",
+        root: str | Path = "data/synth/rgb",
+        split: str | None = None,
+        val_dataset: str | None = None,
+        val_root: str | Path | None = None,
+        val_split: str | None = None,
+        predict_on: str = "train",
+        pseudo_dir: str | Path | None = None,
+        image_size: int | Sequence[int] = 256,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        augment: bool = True,
+        crop_scale: Sequence[float] = (0.6, 1.0),
+        with_flow: bool = False,
+        skip_invalid: bool = False,
+        gpu_augment: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if predict_on not in ("train", "val"):
+            raise ValueError(f"predict_on must be 'train' or 'val', got {predict_on!r}")
+        self.save_hyperparameters()
+        self.dataset_name = dataset
+        self.root = Path(root)
+        self.split = split
+        self.val_dataset_name = val_dataset or dataset
+        self.val_root = Path(val_root) if val_root is not None else self.root
+        self.val_split = val_split
+        self.predict_on = predict_on
+        self.pseudo_dir = Path(pseudo_dir) if pseudo_dir is not None else None
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.augment = augment
+        self.crop_scale = tuple(crop_scale)
+        self.with_flow = with_flow
+        self.skip_invalid = skip_invalid
+        self.gpu_augment = GPUAugmentation(crop_scale=self.crop_scale) if (gpu_augment and augment) else None
+        self.seed = seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.predict_set: Dataset | None = None
+
+    # -- datasets -------------------------------------------------------------------------------------------
+    def _extra_kwargs(self) -> dict[str, Any]:
+        return {"with_flow": True} if self.with_flow else {}
+
+    def train_transform(self) -> TrainTransform:
+        if not self.augment or self.gpu_augment is not None:
+            return TrainTransform(self.image_size, scale=(1.0, 1.0), hflip=0.0, color_jitter=0.0)
+        return TrainTransform(self.image_size, scale=self.crop_scale)
+
+    def build_train_set(self, pseudo_dir: Path | None = None, transform: Any = None) -> Dataset:
+        """The training images (never ground truth), with pseudo labels when a directory is attached."""
+        return get_dataset(
+            self.dataset_name,
+            root=self.root,
+            split=self.split,
+            with_masks=False,
+            pseudo_dir=pseudo_dir,
+            transform=transform if transform is not None else self.train_transform(),
+            skip_invalid=self.skip_invalid,
+            **self._extra_kwargs(),
+        )
+
+    def build_eval_set(self, with_masks: bool = True) -> Dataset:
+        """The validation/test images, with ground-truth masks."""
+        return get_dataset(
+            self.val_dataset_name,
+            root=self.val_root,
+            split=self.val_split,
+            with_masks=with_masks,
+            transform=EvalTransform(self.image_size),
+            skip_invalid=self.skip_invalid,
+            **self._extra_kwargs(),
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.train_set = self.build_train_set(self.pseudo_dir)
+        if stage in (None, "fit", "validate", "test"):
+            self.val_set = self.build_eval_set()
+        if stage in (None, "predict"):
+            if self.predict_on == "train":
+                self.predict_set = self.build_train_set(None, transform=EvalTransform(self.image_size))
+            else:
+                self.predict_set = self.build_eval_set(with_masks=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = self._trainer
+        if self.gpu_augment is not None and trainer is not None and trainer.training:
+            batch = self.gpu_augment(batch)
+        return batch
+
+    # -- loaders --------------------------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("setup() has not built this split yet")
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker,
+            generator=generator,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_set, shuffle=False)
