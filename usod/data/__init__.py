@@ -1,0 +1,1 @@
+"""Datasets, datamodules, transforms and the synthetic data generator."""

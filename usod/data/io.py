@@ -1,0 +1,345 @@
+"""Robust image IO for SOD datasets: images, masks, depth, thermal and atomic PNG writes.
+
+Every reader returns a fixed dtype and shape whatever the file stores (grayscale, RGBA, palette, 16-bit), and
+every failure (missing, empty, truncated, corrupt, unsupported) raises :class:`InvalidInputError` naming the
+file, never a bare PIL/OpenCV trace. Files are decoded with PIL (which detects truncation when the data is
+loaded); OpenCV is only a fallback for files PIL cannot identify (e.g. some 16-bit multi-channel TIFFs), with
+its log output silenced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "InvalidInputError",
+    "LayoutError",
+    "read_depth",
+    "read_image",
+    "read_mask",
+    "read_mask_checked",
+    "read_thermal",
+    "write_png_atomic",
+]
+
+#: File extensions (lower case) recognised as images, in order of preference when two files share a stem.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+class InvalidInputError(ValueError):
+    """A file or folder that cannot be used as input.
+
+    Attributes:
+        path: The offending file or folder.
+        problem: What is wrong with it, in words.
+    """
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+class LayoutError(InvalidInputError):
+    """A dataset root whose folder tree does not match any layout the dataset accepts."""
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise InvalidInputError(path, "file does not exist")
+    if not path.is_file():
+        raise InvalidInputError(path, "is not a regular file")
+    if path.stat().st_size == 0:
+        raise InvalidInputError(path, "file is empty (0 bytes)")
+
+
+def _read_with_cv2(path: Path) -> np.ndarray | None:
+    """Decode with OpenCV as a fallback; returns None when OpenCV cannot read the file either."""
+    import cv2
+
+    # silent: failures are reported through InvalidInputError instead
+    with contextlib.suppress(AttributeError):
+        cv2.setLogLevel(0)
+    data = np.fromfile(str(path), dtype=np.uint8)
+    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        return None
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
+    return arr
+
+
+def _read_raw(path: str | Path) -> tuple[np.ndarray, str]:
+    """Decode a file into a numpy array close to what it stores.
+
+    Returns:
+        ``(array, mode)``: array is HxW or HxWxC (C in 3, 4) of dtype bool, uint8, uint16, int32 or float32;
+        mode is the PIL mode (or ``"cv2"`` when decoded by OpenCV). Palette images come back as their index
+        array with mode ``"P"``; use :func:`_palette` to map them.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. PIL's DecompressionBombWarning, EXIF warnings
+            with Image.open(path) as img:
+                img.load()  # truncation and most corruption only surface here
+                mode = img.mode
+                if mode in ("P", "PA"):
+                    arr = np.asarray(img.convert("P") if mode == "PA" else img)
+                    return arr, "P:" + ",".join(map(str, img.getpalette() or []))
+                if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                    img = img.convert("RGB")
+                elif mode == "LA":
+                    img = img.convert("L")
+                elif mode.startswith("I;16"):
+                    # 16-bit grey is I;16(B/L): the cast gives native uint16 whatever the endianness
+                    return np.asarray(img).astype(np.uint16), "I;16"
+                return np.asarray(img), img.mode
+    except InvalidInputError:
+        raise
+    except Image.UnidentifiedImageError:
+        arr = _read_with_cv2(path)
+        if arr is None:
+            raise InvalidInputError(path, "not a readable image (unknown format or corrupt header)") from None
+        return arr, "cv2"
+    except Image.DecompressionBombError as exc:
+        raise InvalidInputError(path, f"image too large to decode safely ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        msg = str(exc)
+        problem = "truncated image file" if "truncated" in msg.lower() else f"corrupt image file ({msg})"
+        raise InvalidInputError(path, problem) from None
+
+
+def _palette(indices: np.ndarray, mode: str) -> np.ndarray:
+    """Map a palette index array to HxWx3 uint8 through the palette stored in ``mode`` ("P:r,g,b,...")."""
+    values = [int(v) for v in mode[2:].split(",") if v]
+    pal = np.zeros((256, 3), dtype=np.uint8)
+    if values:
+        table = np.asarray(values[: 256 * 3], dtype=np.uint8).reshape(-1, 3)
+        pal[: len(table)] = table
+    else:  # no palette stored: indices are grey levels
+        pal[:] = np.arange(256, dtype=np.uint8)[:, None]
+    return pal[indices]
+
+
+def _to_uint8(arr: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Convert any decoded dtype to uint8, returning whether the data was more than 8 bits deep."""
+    if arr.dtype == np.uint8:
+        return arr, False
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255, False
+    if np.issubdtype(arr.dtype, np.floating):
+        # float TIFFs: [0,1] data is scaled, anything else min-max normalised
+        a = np.nan_to_num(arr.astype(np.float64))
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return np.round(a * 255.0).astype(np.uint8), True
+        scale = hi - lo if hi > lo else 1.0
+        return np.round((a - lo) / scale * 255.0).astype(np.uint8), True
+    # 16-bit (uint16, or PIL's int32 "I" mode for 16-bit PNGs): full 16-bit range mapped onto 8 bits
+    a = np.clip(arr.astype(np.int64), 0, 65535)
+    return ((a * 255 + 32767) // 65535).astype(np.uint8), True
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as HxWx3 uint8 RGB.
+
+    Grayscale is replicated to three channels, alpha is dropped, palette images are mapped through their
+    palette, and 16-bit data is scaled to 8 bits (``v * 255 / 65535``).
+
+    Args:
+        path: JPEG, PNG, BMP or TIFF file.
+
+    Returns:
+        HxWx3 uint8 array in RGB order.
+
+    Raises:
+        InvalidInputError: The file is missing, empty, truncated, corrupt or not an image.
+    """
+    arr, mode = _read_raw(path)
+    if mode.startswith("P:"):
+        arr = _palette(arr, mode)
+    arr, _ = _to_uint8(arr)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    elif arr.ndim == 3 and arr.shape[2] == 2:  # gray + alpha from OpenCV
+        arr = np.repeat(arr[:, :, :1], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise InvalidInputError(path, f"unsupported image shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+#: Images stored as thermal maps are read exactly like RGB images (HxWx3 uint8).
+read_thermal = read_image
+
+
+def read_mask_checked(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """Read a mask as HxW uint8 in 0..255 and say which storage quirks were fixed on the way.
+
+    Conventions: colour masks are reduced to one channel by the maximum over the colour channels (alpha
+    ignored), so any non-black pixel counts as foreground; palette masks with a grey palette keep their grey
+    levels, palette *label* maps (e.g. DAVIS-2017 style) become 255 wherever the label is non-zero; 16-bit
+    masks are scaled to 8 bits; masks stored as 0/1 are rescaled to 0/255. Intermediate values (anti-aliased
+    object borders, as real ground truth has) are kept unchanged.
+
+    Args:
+        path: Mask file.
+
+    Returns:
+        ``(mask, fixes)`` where ``fixes`` lists human-readable notes such as ``"mask stored as 0/1, rescaled
+        to 0/255"`` (empty for a clean 8-bit grayscale mask).
+
+    Raises:
+        InvalidInputError: The file is missing, empty, truncated, corrupt or not an image.
+    """
+    arr, mode = _read_raw(path)
+    fixes: list[str] = []
+    if mode.startswith("P:"):
+        rgb = _palette(arr, mode)
+        used = rgb.reshape(-1, 3)
+        if np.all(used[:, 0] == used[:, 1]) and np.all(used[:, 1] == used[:, 2]):
+            arr = rgb[:, :, 0]
+        else:
+            arr = np.where(arr > 0, 255, 0).astype(np.uint8)
+            fixes.append("palette label mask: non-zero labels set to 255")
+    arr, deep = _to_uint8(arr)
+    if deep:
+        fixes.append("mask deeper than 8 bits, scaled to 8-bit")
+    if arr.ndim == 3:
+        if arr.shape[2] in (3, 4):
+            colour = arr[:, :, :3]
+            if not (
+                np.array_equal(colour[:, :, 0], colour[:, :, 1])
+                and np.array_equal(colour[:, :, 1], colour[:, :, 2])
+            ):
+                fixes.append("colour mask reduced to one channel (max over channels)")
+            else:
+                fixes.append("mask stored with 3 identical channels, reduced to one")
+            arr = colour.max(axis=2)
+        elif arr.shape[2] == 2:
+            arr = arr[:, :, 0]
+        else:
+            raise InvalidInputError(path, f"unsupported mask shape {arr.shape}")
+    if arr.ndim != 2:
+        raise InvalidInputError(path, f"unsupported mask shape {arr.shape}")
+    if arr.max(initial=0) == 1:
+        arr = arr * np.uint8(255)
+        fixes.append("mask stored as 0/1, rescaled to 0/255")
+    return np.ascontiguousarray(arr), fixes
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a mask as HxW uint8 in 0..255 (see :func:`read_mask_checked` for the conventions).
+
+    Args:
+        path: Mask file.
+
+    Returns:
+        HxW uint8 array.
+
+    Raises:
+        InvalidInputError: The file is missing, empty, truncated, corrupt or not an image.
+    """
+    return read_mask_checked(path)[0]
+
+
+def read_depth(path: str | Path) -> np.ndarray:
+    """Read a depth map as HxW float32 in [0, 1].
+
+    Convention: the stored polarity is kept (releases differ on whether near is bright); 8- and 16-bit data
+    are min-max normalised per image so that every map spans [0, 1]. A constant map cannot be min-max
+    normalised and is instead divided by its dtype's maximum (255 or 65535), so it stays constant rather than
+    becoming NaN. Three-channel depth images (grey saved as RGB) use the first channel; colour-mapped depth,
+    whose colours cannot be inverted without the colour map, is averaged over channels as the best available
+    approximation.
+
+    Args:
+        path: PNG, JPEG, BMP or TIFF depth file.
+
+    Returns:
+        HxW float32 array in [0, 1].
+
+    Raises:
+        InvalidInputError: The file is missing, empty, truncated, corrupt or not an image.
+    """
+    arr, mode = _read_raw(path)
+    if mode.startswith("P:"):
+        arr = _palette(arr, mode)
+    if arr.ndim == 3:
+        colour = arr[:, :, :3] if arr.shape[2] >= 3 else arr[:, :, :1]
+        same = colour.shape[2] == 1 or (
+            np.array_equal(colour[:, :, 0], colour[:, :, 1])
+            and np.array_equal(colour[:, :, 1], colour[:, :, 2])
+        )
+        arr = colour[:, :, 0] if same else colour.astype(np.float64).mean(axis=2)
+    if arr.dtype == bool:
+        full = 1.0
+    elif arr.dtype == np.uint8:
+        full = 255.0
+    elif np.issubdtype(arr.dtype, np.floating):
+        full = 1.0
+    else:
+        full = 65535.0
+    d = np.nan_to_num(arr.astype(np.float64))
+    lo, hi = float(d.min()), float(d.max())
+    out = (d - lo) / (hi - lo) if hi > lo else np.clip(d / full, 0.0, 1.0)
+    return out.astype(np.float32)
+
+
+def write_png_atomic(path: str | Path, array: np.ndarray) -> None:
+    """Write an array as a PNG so that readers never see a half-written file.
+
+    The data is written to a temporary file in the destination folder, flushed to disk, then moved over
+    ``path`` with :func:`os.replace` (atomic on POSIX and Windows within one file system). Parent folders are
+    created.
+
+    Args:
+        path: Destination ``.png`` path.
+        array: HxW or HxWx3 (RGB) / HxWx4 (RGBA) uint8; HxW uint16 (16-bit PNG); bool (written as 0/255); or
+            float in [0, 1] (scaled to 0..255 and rounded, for convenience when saving probability maps).
+
+    Raises:
+        InvalidInputError: The array has an unsupported shape, dtype or value range.
+    """
+    path = Path(path)
+    arr = np.asarray(array)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    elif np.issubdtype(arr.dtype, np.floating):
+        if arr.size and (not np.isfinite(arr).all() or arr.min() < 0.0 or arr.max() > 1.0):
+            raise InvalidInputError(path, "float array to write must be finite and in [0, 1]")
+        arr = np.round(arr * 255.0).astype(np.uint8)
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise InvalidInputError(
+            path, f"cannot write dtype {arr.dtype} as PNG (use uint8, uint16, bool or float)"
+        )
+    if arr.dtype == np.uint16 and arr.ndim != 2:
+        raise InvalidInputError(path, "16-bit PNGs must be single-channel (HxW)")
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise InvalidInputError(
+            path, f"cannot write array of shape {arr.shape} as PNG (need HxW, HxWx3 or HxWx4)"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            Image.fromarray(np.ascontiguousarray(arr)).save(fh, format="PNG")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
