@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -45,7 +46,9 @@ def lightning_main(args: Sequence[str] | None = None) -> None:
 
 
 def _is_folder_predict(argv: Sequence[str]) -> bool:
-    return bool(argv) and argv[0] == "predict" and any(a == "--input" or a.startswith("--input=") for a in argv)
+    return (
+        bool(argv) and argv[0] == "predict" and any(a == "--input" or a.startswith("--input=") for a in argv)
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `usod list | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -27,11 +27,12 @@ def _print_datasets(show_layouts: bool) -> None:
                 print(f"{'':<{width}}  {'':<8}  {line}")
 
 
-def _print_registry(registry: dict[str, type]) -> None:
+def _print_registry(registry: dict[str, type], with_doc: bool) -> None:
     width = max(len(name) for name in registry)
     for name, cls in registry.items():
         doc = (cls.__doc__ or "").strip().splitlines()
-        print(f"{name:<{width}}  {cls.__module__}.{cls.__qualname__}  {doc[0] if doc else ''}")
+        summary = f"  {doc[0]}" if with_doc and doc else ""
+        print(f"{name:<{width}}  {cls.__module__}.{cls.__qualname__}{summary}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,9 +41,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.what == "datamodules":
         from usod.data.datamodules import DATAMODULES
 
-        _print_registry(DATAMODULES)
+        _print_registry(DATAMODULES, with_doc=False)
     else:
         from usod.models.registry import MODELS
 
-        _print_registry(MODELS)
+        _print_registry(MODELS, with_doc=True)
     return 0

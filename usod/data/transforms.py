@@ -86,7 +86,9 @@ class _BaseTransform:
         key = tuple(sorted(targets.items()))
         compose = self._composes.get(key)
         if compose is None:  # building a Compose is slow next to applying it
-            compose = A.Compose(self._geometric(flip_allowed="flow" not in sample), additional_targets=targets)
+            compose = A.Compose(
+                self._geometric(flip_allowed="flow" not in sample), additional_targets=targets
+            )
             self._composes[key] = compose
         result = compose(**arrays)
         photometric = self._photometric()

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from usod.data.datasets import get_dataset
+from usod.data.datasets import get_dataset, get_dataset_class
 from usod.data.transforms import EvalTransform, GPUAugmentation, TrainTransform
 
 
@@ -30,6 +30,9 @@ def seed_worker(worker_id: int) -> None:
 
 class SODDataModule(pl.LightningDataModule):
     """Data for unsupervised SOD: unlabelled training images, labelled evaluation images.
+
+    Works with every registered dataset; the family subclasses (:class:`RGBDataModule`, ...) only add a check
+    that the dataset belongs to their modality, so that a config says what it feeds the model.
 
     The training split never reads ground truth: it yields ``image`` (plus the auxiliary modalities) and,
     when a pseudo-label directory is attached, ``pseudo``. Validation and test splits read ``mask``.
@@ -59,6 +62,9 @@ class SODDataModule(pl.LightningDataModule):
         seed: seed of the training shuffle.
     """
 
+    #: Modality every dataset of this datamodule must have (``None``: any).
+    modality: str | None = None
+
     def __init__(
         self,
         dataset: str = "folder",
@@ -81,6 +87,15 @@ class SODDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        for name in (dataset, val_dataset or dataset):
+            found = get_dataset_class(name).modality
+            if self.modality is not None and found != self.modality:
+                raise ValueError(
+                    f"{type(self).__name__} takes {self.modality} datasets, but {name!r} is {found}; "
+                    "use SODDataModule or the datamodule of that modality"
+                )
+            if with_flow and found != "video":
+                raise ValueError(f"with_flow=True needs a video dataset, but {name!r} is {found}")
         if predict_on not in ("train", "val"):
             raise ValueError(f"predict_on must be 'train' or 'val', got {predict_on!r}")
         self.save_hyperparameters()
