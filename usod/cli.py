@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="usod",
-        description="Unsupervised salient object detection. Training: usod fit|validate|test|predict --config FILE",
+        description="Unsupervised salient object detection. Training: usod fit|validate|test --config FILE",
     )
     parser.add_argument("--version", action="version", version=f"usod {__version__}")
     top = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -1,4 +1,4 @@
-"""Datamodules on every registered dataset's real layout: tensors, no ground truth in training, augmentation."""
+"""Datamodules on every registered dataset's real layout: tensors, no ground truth in training."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_datamodule_batches_on_native_layout(name: str, tmp_path) -> None:
     train = next(iter(dm.train_dataloader()))
     assert "mask" not in train, "training batches must never carry ground truth"
     assert train["image"].shape == (2, 3, 16, 20) and train["image"].dtype == torch.float32
-    assert 0.0 <= float(train["image"].min()) and float(train["image"].max()) <= 1.0
+    assert float(train["image"].min()) >= 0.0 and float(train["image"].max()) <= 1.0
     assert train["size"].shape == (2, 2) and train["size"].dtype == torch.long
     assert len(train["id"]) == 2
     modality = DATASETS[name].modality
