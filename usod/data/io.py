@@ -10,6 +10,7 @@ its log output silenced.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 import warnings
@@ -299,7 +300,48 @@ def read_depth(path: str | Path) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def write_png_atomic(path: str | Path, array: np.ndarray) -> None:
+#: Prefix of temporary files; readers skip files that start with it.
+TMP_PREFIX = ".tmp-"
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not every filesystem allows opening a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``.
+
+    Args:
+        path: Final file path; parent directories are created.
+        data: File content.
+
+    Returns:
+        The final path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=path.suffix + ".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_png_atomic(path: str | Path, array: np.ndarray) -> Path:
     """Write an array as a PNG so that readers never see a half-written file.
 
     The data is written to a temporary file in the destination folder, flushed to disk, then moved over
@@ -332,14 +374,6 @@ def write_png_atomic(path: str | Path, array: np.ndarray) -> None:
         raise InvalidInputError(
             path, f"cannot write array of shape {arr.shape} as PNG (need HxW, HxWx3 or HxWx4)"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(np.ascontiguousarray(arr)).save(fh, format="PNG")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -20,12 +20,10 @@ than one rank is initialised, so under DDP every rank must call them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,10 +32,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from usod.data.io import TMP_PREFIX, atomic_write_bytes
+from usod.data.io import write_png_atomic as _write_png_atomic
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 _ROUND_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_TMP_PREFIX = ".tmp-"
 
 
 class ManifestError(RuntimeError):
@@ -46,43 +46,6 @@ class ManifestError(RuntimeError):
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not every filesystem allows opening a directory.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``.
-
-    Args:
-        path: Final file path; parent directories are created.
-        data: File content.
-
-    Returns:
-        The final path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX, suffix=path.suffix + ".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
-    return path
 
 
 def to_uint8_label(label: np.ndarray | Any, *, name: str = "label") -> np.ndarray:
@@ -126,11 +89,7 @@ def to_uint8_label(label: np.ndarray | Any, *, name: str = "label") -> np.ndarra
 
 def write_png_atomic(path: str | Path, label: np.ndarray | Any) -> Path:
     """Encodes ``label`` (see :func:`to_uint8_label`) as an 8-bit grayscale PNG and writes it atomically."""
-    array = to_uint8_label(label, name=str(path))
-    ok, buffer = cv2.imencode(".png", array)
-    if not ok:
-        raise RuntimeError(f"could not encode PNG for {path}")
-    return atomic_write_bytes(path, buffer.tobytes())
+    return _write_png_atomic(path, to_uint8_label(label, name=str(path)))
 
 
 def read_png_gray(path: str | Path) -> np.ndarray:
@@ -153,8 +112,8 @@ def validate_sample_id(sample_id: str) -> str:
         raise ValueError(
             f"invalid sample id {sample_id!r}: must be a relative path without '.', '..' or '\\'"
         )
-    if any(p.startswith(_TMP_PREFIX) for p in parts):
-        raise ValueError(f"invalid sample id {sample_id!r}: components may not start with {_TMP_PREFIX!r}")
+    if any(p.startswith(TMP_PREFIX) for p in parts):
+        raise ValueError(f"invalid sample id {sample_id!r}: components may not start with {TMP_PREFIX!r}")
     return sample_id
 
 
@@ -408,10 +367,10 @@ class PseudoLabelStore:
             return set()
         found: set[str] = set()
         for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = [d for d in dirnames if not d.startswith(_TMP_PREFIX)]
+            dirnames[:] = [d for d in dirnames if not d.startswith(TMP_PREFIX)]
             rel = Path(dirpath).relative_to(base)
             for fname in filenames:
-                if fname.endswith(".png") and not fname.startswith(_TMP_PREFIX):
+                if fname.endswith(".png") and not fname.startswith(TMP_PREFIX):
                     found.add((rel / fname[: -len(".png")]).as_posix())
         return found
 
