@@ -8,6 +8,7 @@ from usod.ops.crf import (
     dense_crf,
     median_filter,
     postprocess,
+    postprocess_files,
     postprocess_folder,
     postprocess_many,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "dense_crf",
     "median_filter",
     "postprocess",
+    "postprocess_files",
     "postprocess_folder",
     "postprocess_many",
 ]

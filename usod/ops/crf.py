@@ -375,7 +375,7 @@ def postprocess_folder(
         out_path = out_dir / (rel_stem + ".png")
         if skip_existing and out_path.is_file():
             continue
-        image_path = None
+        image_path: Path | None = None
         if image_dir is not None:
             image_path = _find_image(Path(image_dir), rel_stem)
             if image_path is None and config.crf:
@@ -383,8 +383,35 @@ def postprocess_folder(
                     f"no image for probability map {prob_path}: looked for {Path(image_dir) / rel_stem}"
                     f"{{{','.join(IMAGE_EXTENSIONS)}}}"
                 )
-        tasks.append(
-            (str(image_path) if image_path is not None else None, str(prob_path), config, str(out_path))
-        )
-    written = _map(tasks, workers, chunksize, progress, "post-process", mp_context)
+        tasks.append((image_path, prob_path, out_path))
+    return postprocess_files(
+        tasks, config, workers=workers, chunksize=chunksize, progress=progress, mp_context=mp_context
+    )
+
+
+def postprocess_files(
+    tasks: Sequence[tuple[str | Path | None, str | Path, str | Path]],
+    config: PostProcessConfig | None = None,
+    *,
+    workers: int = 0,
+    chunksize: int | None = None,
+    progress: bool = False,
+    skip_existing: bool = False,
+    mp_context: str | None = None,
+) -> list[Path]:
+    """Post-processes ``(image_path, prob_path, out_path)`` triples, writing each label atomically.
+
+    The general form behind :func:`postprocess_folder`, for images that do not share one folder with their
+    maps (e.g. a dataset's ``files`` and a pseudo-label round).
+
+    Returns:
+        The written paths, in input order (skipped ones excluded).
+    """
+    config = config or PostProcessConfig()
+    jobs = [
+        (str(image) if image is not None else None, str(prob), config, str(out))
+        for image, prob, out in tasks
+        if not (skip_existing and Path(out).is_file())
+    ]
+    written = _map(jobs, workers, chunksize, progress, "post-process", mp_context)
     return [Path(p) for p in written]

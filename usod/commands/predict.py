@@ -1,0 +1,173 @@
+"""``usod predict --ckpt CKPT --input IMAGE_DIR|VIDEO_FILE --output DIR``: saliency maps for any images.
+
+Works with every usod module checkpoint (their ``predict_step`` returns ``{"id", "size", "saliency"}``).
+Maps are written as 8-bit PNGs at each image's original size, with the image's relative path and stem
+(video frames as ``frame_00000.png``...); ``--overlay`` also writes the map blended over the image.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from usod.data.io import IMAGE_EXTENSIONS, InvalidInputError, read_image, write_png_atomic
+from usod.data.transforms import EvalTransform
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+class ImagePaths(Dataset):
+    """Every image under a folder (recursively), id = relative path without extension."""
+
+    def __init__(self, root: Path, transform: EvalTransform) -> None:
+        self.root = root
+        self.paths = sorted(
+            p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        )
+        if not self.paths:
+            raise InvalidInputError(root, f"no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.paths[index]
+        image = read_image(path)
+        sample_id = path.relative_to(self.root).with_suffix("").as_posix()
+        return self.transform({"image": image, "id": sample_id, "size": image.shape[:2]})
+
+
+class VideoFrames(IterableDataset):
+    """The frames of a video file, decoded in order, id = ``frame_<index>``."""
+
+    def __init__(self, path: Path, transform: EvalTransform) -> None:
+        import cv2
+
+        capture = cv2.VideoCapture(str(path))
+        if not capture.isOpened():
+            raise InvalidInputError(path, "cannot open the video (unsupported codec or not a video)")
+        self.count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        capture.release()
+        self.path = path
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import cv2
+
+        capture = cv2.VideoCapture(str(self.path))
+        index = 0
+        try:
+            while True:
+                ok, bgr = capture.read()
+                if not ok:
+                    break
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                yield self.transform({"image": rgb, "id": f"frame_{index:05d}", "size": rgb.shape[:2]})
+                index += 1
+        finally:
+            capture.release()
+
+
+def overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a uint8 saliency map over an RGB image in red."""
+    weight = (saliency.astype(np.float32) / 255.0)[..., None] * alpha
+    red = np.zeros_like(image, dtype=np.float32)
+    red[..., 0] = 255.0
+    return (image.astype(np.float32) * (1 - weight) + red * weight).round().astype(np.uint8)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint of any usod module")
+    parser.add_argument("--input", required=True, type=Path, help="folder of images or a video file")
+    parser.add_argument("--output", required=True, type=Path, help="folder for the PNG maps")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="network input size (default: training's)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-workers", type=int, default=2, help="image-decoding workers")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--crf", action="store_true", help="denseCRF + median filter (A2S eq. 6) on each map")
+    parser.add_argument("--overlay", action="store_true", help="also write OUTPUT/overlay/<id>.jpg")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from usod.models.base import load_module, trained_image_size
+
+    if not args.input.exists():
+        raise FileNotFoundError(f"{args.input}: input not found")
+    model = load_module(args.ckpt)
+    device = _device(args.device)
+    model.to(device)
+    size = args.image_size or trained_image_size(args.ckpt) or 320
+    transform = EvalTransform(size)
+    if args.input.is_dir():
+        dataset: Dataset = ImagePaths(args.input, transform)
+        image_path = {p.relative_to(args.input).with_suffix("").as_posix(): p for p in dataset.paths}
+        loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers)
+    elif args.input.suffix.lower() in VIDEO_EXTENSIONS:
+        dataset = VideoFrames(args.input, transform)
+        image_path = {}
+        loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=0)
+    else:
+        raise InvalidInputError(args.input, f"not a folder nor a video file ({', '.join(VIDEO_EXTENSIONS)})")
+    post = None
+    if args.crf:
+        from usod.ops import PostProcessConfig, postprocess
+
+        post = (postprocess, PostProcessConfig())
+    args.output.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="predict", unit="batch", total=len(loader)):
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            saliency = model.predict_step(batch, 0)["saliency"].float()
+            for i, sample_id in enumerate(batch["id"]):
+                h, w = (int(s) for s in batch["size"][i])
+                prob = F.interpolate(saliency[i : i + 1], size=(h, w), mode="bilinear", align_corners=False)
+                prob_np = prob[0, 0].clamp(0, 1).cpu().numpy()
+                image = None
+                if post is not None or args.overlay:
+                    image = (
+                        read_image(image_path[sample_id])
+                        if sample_id in image_path
+                        else _to_uint8(batch, i, h, w)
+                    )
+                label = (
+                    post[0](image, prob_np, post[1])
+                    if post is not None
+                    else np.rint(prob_np * 255).astype(np.uint8)
+                )
+                write_png_atomic(args.output / f"{sample_id}.png", label)
+                if args.overlay:
+                    from PIL import Image
+
+                    out = args.output / "overlay" / f"{sample_id}.jpg"
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(overlay(image, label)).save(out, quality=90)
+                written += 1
+    print(f"wrote {written} saliency maps to {args.output}")
+    return 0
+
+
+def _to_uint8(batch: dict[str, Any], index: int, height: int, width: int) -> np.ndarray:
+    image = F.interpolate(batch["image"][index : index + 1].float(), size=(height, width), mode="bilinear")
+    return (image[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()

@@ -1,0 +1,312 @@
+"""Lightning module for the saliency cue extractor (A2S stage 1, optionally with the PCL-SD loss)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from usod.models.base import USODModule
+from usod.models.cue_extractor.loss import ADBLoss, PCLSDLoss
+from usod.models.cue_extractor.torch_model import SIGN_RULES, CueExtractorModel, CueExtractorOutput, SignRule
+
+LOSSES: tuple[str, ...] = ("adb", "pcl_sd")
+TRAIN_FLIPS: tuple[str, ...] = ("both", "random", "none")
+_CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class FeatureCache:
+    """In-memory store of frozen-encoder features, keyed by sample id and flip.
+
+    Entries live on the CPU in ``dtype``. Each entry also keeps a 4x4 average-pooled thumbnail of the image
+    it was computed from; a later lookup with a different thumbnail raises, which catches training transforms
+    that are not deterministic (random crops, scales, flips or colour jitter), for which a cache would
+    silently reuse stale features.
+
+    Memory: the sum over the cached stages of ``C_i * H_i * W_i`` elements per image and flip. For
+    tf_efficientnet_lite0 at 320x320 (stages of 40x40x40, 112x20x20, 320x10x10) that is 140,800 elements,
+    0.28 MB in float16, so about 5.9 GB for the 10,553 DUTS-TR images with both flips; for ResNet-50
+    (512x40x40, 1024x20x20, 2048x10x10) it is 2.9 MB per image and flip. ``max_bytes`` caps it: once full,
+    new entries are computed every step and not stored.
+
+    Args:
+        dtype: Storage dtype.
+        max_bytes: Optional cap on the stored feature bytes.
+        atol: Tolerance of the thumbnail check.
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.float16, max_bytes: int | None = None, atol: float = 1e-4):
+        self.dtype = dtype
+        self.max_bytes = max_bytes
+        self.atol = atol
+        self.nbytes = 0
+        self._entries: dict[tuple[str, bool], tuple[Tensor, list[Tensor]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._entries.clear()
+        self.nbytes = 0
+
+    @staticmethod
+    def thumbnail(images: Tensor) -> Tensor:
+        """Bx48 float32 CPU fingerprints (4x4 average pool of each image, with its size appended)."""
+        pooled = F.adaptive_avg_pool2d(images.float(), 4).flatten(1)
+        size = torch.tensor(images.shape[-2:], dtype=torch.float32, device=images.device)
+        return torch.cat([pooled, size.expand(images.shape[0], 2)], dim=1).cpu()
+
+    def get(self, key: tuple[str, bool], thumb: Tensor) -> list[Tensor] | None:
+        """Return the cached features of ``key`` or ``None``; raise if the image changed since caching."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        cached_thumb, feats = entry
+        same = cached_thumb.shape == thumb.shape and bool((cached_thumb - thumb).abs().max() <= self.atol)
+        if not same:
+            raise RuntimeError(
+                f"feature cache: the training image for id {key[0]!r} (flipped={key[1]}) differs from the "
+                "one cached earlier; feature_cache=True needs a deterministic training transform (resize "
+                "only: no random crop, scale, flip or colour jitter; the module does the horizontal flips)"
+            )
+        return feats
+
+    def put(self, key: tuple[str, bool], thumb: Tensor, feats: Sequence[Tensor]) -> list[Tensor]:
+        """Store one sample's ``feats`` (no batch dim) if there is room; return what later lookups give."""
+        stored = [f.detach().to("cpu", self.dtype) for f in feats]
+        size = sum(f.numel() * f.element_size() for f in stored)
+        if self.max_bytes is not None and self.nbytes + size > self.max_bytes:
+            return [f.detach() for f in feats]
+        self._entries[key] = (thumb.clone(), stored)
+        self.nbytes += size
+        return stored
+
+
+class CueExtractor(USODModule):
+    """A2S stage 1: train SE heads on a frozen encoder so that activation maps become saliency cues.
+
+    Training needs only images: the loss (ADB of A2S, or PCL-SD of seed 000) acts on the decision values of
+    the three per-stage maps and the fused map. Prediction returns ``sigmoid(sign * theta)`` of the fused map;
+    CRF and median filtering (A2S eq. 6) are left to the pseudo-label writer.
+
+    Batches are dicts with ``image`` (Bx3xHxW float in [0, 1]), ``id`` (list[str]), ``size`` (Bx2 original
+    H, W) and, in validation only, optionally ``mask`` (Bx1xHxW in [0, 1]) to log ``val_mae``.
+
+    Args:
+        backbone: :class:`usod.models.backbones.BackboneConfig` fields for ``build_encoder``; ``None`` gives
+            the default encoder. The encoder is always built frozen.
+        head_channels: Channels of the SE heads.
+        norm_groups: GroupNorm groups in the heads.
+        fuse_stride: Stride of the fused map (``None``: the encoder's smallest stride).
+        loss: ``"adb"`` (A2S eq. 4) or ``"pcl_sd"`` (seed 000).
+        alpha: Weight of the L1 term of the ADB loss.
+        drop_ratio: Fraction of pixels dropped at random in the loss each step (A2S: 0.5). Also applied to
+            PCL-SD, for which seed 000 specifies nothing.
+        pcl_p0: Initial hard-pixel threshold of PCL-SD.
+        pcl_ramp: Fraction of the epochs after which the PCL-SD threshold reaches 0.
+        sign_rule: Foreground sign rule: ``"area"`` (A2S eq. 5), ``"corner"`` or ``"border"``.
+        train_flip: ``"both"`` trains on every image and its horizontal flip in the same step, ``"random"``
+            flips each image with probability 0.5, ``"none"`` disables flipping.
+        predict_flip: Average the prediction with the un-flipped prediction of the flipped image.
+        lr: SGD learning rate. A2S uses 1.0, the authors' later code (A2S-v3) 0.1; 0.1 gave the better raw MAE
+            in our run with the bundled EfficientNet-Lite0 (see the README).
+        momentum: SGD momentum (Nesterov), as in the reference code.
+        weight_decay: SGD weight decay, as in the reference code.
+        lr_milestones: Epoch fractions at which the learning rate is multiplied by ``lr_gamma`` (A2S decays
+            at epochs 10 and 16 of 20).
+        lr_gamma: Decay factor.
+        feature_cache: Compute encoder features once per image id and flip and reuse them every epoch. Only
+            valid when the training transform is deterministic (resize only); see :class:`FeatureCache`.
+        feature_cache_dtype: ``"float16"``, ``"bfloat16"`` or ``"float32"``.
+        feature_cache_max_gb: Optional cap on the cache size in GB (1e9 bytes).
+        encoder: An already built encoder to use instead of ``backbone`` (not saved in the hyperparameters:
+            pass it again when loading a checkpoint).
+    """
+
+    def __init__(
+        self,
+        backbone: dict[str, Any] | None = None,
+        head_channels: int = 64,
+        norm_groups: int = 1,
+        fuse_stride: int | None = None,
+        loss: Literal["adb", "pcl_sd"] = "adb",
+        alpha: float = 0.1,
+        drop_ratio: float = 0.5,
+        pcl_p0: float = 0.2,
+        pcl_ramp: float = 1.0 / 3.0,
+        sign_rule: SignRule = "area",
+        train_flip: Literal["both", "random", "none"] = "both",
+        predict_flip: bool = False,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        lr_milestones: Sequence[float] = (0.5, 0.8),
+        lr_gamma: float = 0.1,
+        feature_cache: bool = False,
+        feature_cache_dtype: Literal["float16", "bfloat16", "float32"] = "float16",
+        feature_cache_max_gb: float | None = None,
+        encoder: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["encoder"])
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+        if sign_rule not in SIGN_RULES:
+            raise ValueError(f"unknown sign_rule {sign_rule!r}; expected one of {SIGN_RULES}")
+        if train_flip not in TRAIN_FLIPS:
+            raise ValueError(f"unknown train_flip {train_flip!r}; expected one of {TRAIN_FLIPS}")
+        if feature_cache_dtype not in _CACHE_DTYPES:
+            raise ValueError(
+                f"unknown feature_cache_dtype {feature_cache_dtype!r}; expected one of {tuple(_CACHE_DTYPES)}"
+            )
+        if any(not 0.0 < m <= 1.0 for m in lr_milestones):
+            raise ValueError(f"lr_milestones must be epoch fractions in (0, 1], got {list(lr_milestones)}")
+        if encoder is None:
+            from usod.models.backbones import build_encoder
+
+            encoder = build_encoder(backbone, frozen=True)
+        self.model = CueExtractorModel(
+            encoder,
+            head_channels=head_channels,
+            norm_groups=norm_groups,
+            fuse_stride=fuse_stride,
+            sign_rule=sign_rule,
+        )
+        self.loss_fn: ADBLoss | PCLSDLoss
+        if loss == "adb":
+            self.loss_fn = ADBLoss(alpha=alpha, drop_ratio=drop_ratio)
+        else:
+            self.loss_fn = PCLSDLoss(p0=pcl_p0, ramp=pcl_ramp, drop_ratio=drop_ratio)
+        max_bytes = None if feature_cache_max_gb is None else int(feature_cache_max_gb * 1e9)
+        self.feature_cache: FeatureCache | None = (
+            FeatureCache(_CACHE_DTYPES[feature_cache_dtype], max_bytes) if feature_cache else None
+        )
+        self.val_mae = MeanMetric()
+
+    # ------------------------------------------------------------------ helpers
+    def forward(self, images: Tensor) -> CueExtractorOutput:
+        """Run the network on Bx3xHxW images in [0, 1]."""
+        return self.model(images)
+
+    def training_progress(self) -> float:
+        """Fraction of the epochs done (0 without a trainer or without a finite ``max_epochs``)."""
+        trainer = self._trainer
+        max_epochs = getattr(trainer, "max_epochs", None) if trainer is not None else None
+        if not max_epochs or max_epochs < 0:
+            return 0.0
+        return min(1.0, self.current_epoch / max_epochs)
+
+    @staticmethod
+    def _images(batch: dict[str, Any]) -> Tensor:
+        images = batch.get("image")
+        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"batch['image'] must be a Bx3xHxW float tensor, got {shape}")
+        return images
+
+    def _training_views(self, images: Tensor) -> tuple[Tensor, list[bool]]:
+        b = images.shape[0]
+        mode = self.hparams.train_flip
+        if mode == "both":
+            return torch.cat([images, images.flip(-1)]), [False] * b + [True] * b
+        if mode == "random":
+            flips = (torch.rand(b) < 0.5).tolist()
+            mask = torch.tensor(flips, device=images.device).view(-1, 1, 1, 1)
+            return torch.where(mask, images.flip(-1), images), flips
+        return images, [False] * b
+
+    def _features(self, views: Tensor, ids: Sequence[str] | None, flips: Sequence[bool]) -> list[Tensor]:
+        cache = self.feature_cache
+        if cache is None:
+            return self.model.encode(views)
+        if ids is None:
+            raise ValueError("feature_cache=True needs batch['id'] (a list of sample ids)")
+        keys = [(str(i), bool(f)) for i, f in zip(ids, flips, strict=True)]
+        thumbs = FeatureCache.thumbnail(views)
+        per_sample: list[list[Tensor] | None] = [cache.get(k, t) for k, t in zip(keys, thumbs, strict=True)]
+        missing = [i for i, f in enumerate(per_sample) if f is None]
+        if missing:
+            fresh = self.model.encode(views[missing])
+            for j, i in enumerate(missing):
+                per_sample[i] = cache.put(keys[i], thumbs[i], [f[j] for f in fresh])
+        n_stages = self.model.num_stages
+        return [
+            torch.stack([s[k] for s in per_sample]).to(views.device, torch.float32)  # type: ignore[index]
+            for k in range(n_stages)
+        ]
+
+    def _loss(self, out: CueExtractorOutput) -> Tensor:
+        if isinstance(self.loss_fn, PCLSDLoss):
+            return self.loss_fn(out.all_thetas, progress=self.training_progress())
+        return self.loss_fn(out.all_thetas)
+
+    def compute_training_loss(self, batch: dict[str, Any]) -> Tensor:
+        """The stage-1 loss of a training batch (image and flip views, cached features if enabled)."""
+        images = self._images(batch)
+        ids = batch.get("id")
+        views, flips = self._training_views(images)
+        if ids is not None and len(flips) != len(ids):  # "both": the flipped copies follow the originals
+            ids = [*ids, *ids]
+        feats = self._features(views, ids, flips)
+        out = self.model.decode(feats, views.shape[-2:])
+        return self._loss(out)
+
+    # ------------------------------------------------------------------ lightning hooks
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """Unsupervised stage-1 step: no label is read."""
+        loss = self.compute_training_loss(batch)
+        bs = batch["image"].shape[0]
+        self.log("train_loss", loss, prog_bar=True, batch_size=bs)
+        if isinstance(self.loss_fn, PCLSDLoss):
+            self.log("pcl_threshold", self.loss_fn.threshold(self.training_progress()), batch_size=bs)
+        if self.feature_cache is not None:
+            self.log("feature_cache_gb", self.feature_cache.nbytes / 1e9, batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Log the loss (no pixel drop) and, when ``mask`` is present, the MAE of the saliency map."""
+        images = self._images(batch)
+        out = self.model(images)
+        bs = images.shape[0]
+        self.log("val_loss", self._loss(out), batch_size=bs, sync_dist=True)
+        mask = batch.get("mask")
+        if mask is not None:
+            mask = mask.float()
+            if mask.shape[-2:] != out.saliency.shape[-2:]:
+                mask = F.interpolate(mask, size=out.saliency.shape[-2:], mode="bilinear")
+            self.val_mae.update((out.saliency - mask).abs().mean(dim=(1, 2, 3)))
+            self.log("val_mae", self.val_mae, prog_bar=True, batch_size=bs)
+
+    def predict_saliency(self, images: Tensor) -> Tensor:
+        """Bx1xHxW saliency in [0, 1] at the input size, flip-averaged if ``predict_flip``."""
+        sal = self.model(images).saliency
+        if self.hparams.predict_flip:
+            sal = 0.5 * (sal + self.model(images.flip(-1)).saliency.flip(-1))
+        return sal
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Return ``{"id", "size", "saliency"}`` for the pseudo-label writer (no CRF here)."""
+        images = self._images(batch)
+        return {"id": batch.get("id"), "size": batch.get("size"), "saliency": self.predict_saliency(images)}
+
+    def configure_optimizers(self) -> Any:
+        """SGD (Nesterov) on the heads only, with step decay at fractions of the epochs."""
+        hp = self.hparams
+        optimizer = torch.optim.SGD(
+            self.model.head_parameters(),
+            lr=hp.lr,
+            momentum=hp.momentum,
+            weight_decay=hp.weight_decay,
+            nesterov=hp.momentum > 0,
+        )
+        max_epochs = getattr(self._trainer, "max_epochs", None) if self._trainer is not None else None
+        if not max_epochs or max_epochs < 0 or not hp.lr_milestones:
+            return optimizer
+        milestones = sorted({max(1, round(f * max_epochs)) for f in hp.lr_milestones})
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=hp.lr_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -1,0 +1,11 @@
+"""Registry of usod's LightningModules (``usod list models``)."""
+
+from __future__ import annotations
+
+from usod.models.base import USODModule
+from usod.models.cue_extractor import CueExtractor
+
+#: Short name -> LightningModule class.
+MODELS: dict[str, type[USODModule]] = {
+    "cue_extractor": CueExtractor,
+}
