@@ -9,6 +9,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from usod.data.io import InvalidInputError
+
 #: Checkpoint key holding the import path of the module class that wrote it.
 CLASS_KEY = "usod_class"
 
@@ -39,7 +41,7 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> U
 
     Raises:
         FileNotFoundError: No file at ``path``.
-        ValueError: The file is not a usod checkpoint or does not match its class.
+        InvalidInputError: The file is not a usod checkpoint or does not match its class.
     """
     path = Path(path)
     if not path.is_file():
@@ -47,20 +49,21 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> U
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        raise ValueError(f"{path}: not a readable checkpoint ({err})") from err
+        raise InvalidInputError(path, f"not a readable checkpoint ({str(err).splitlines()[0]})") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+        raise InvalidInputError(path, "not a Lightning checkpoint (no 'state_dict')")
     class_path = ckpt.get(CLASS_KEY)
     if not class_path:
-        raise ValueError(f"{path}: not written by a usod module (no '{CLASS_KEY}' entry)")
+        raise InvalidInputError(path, f"not written by a usod module (no '{CLASS_KEY}' entry)")
     module_name, _, class_name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     model = cls(**_without_weight_files(ckpt.get("hyper_parameters", {})))
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
-        raise ValueError(
-            f"{path}: weights do not match {class_name}: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        raise InvalidInputError(
+            path,
+            f"weights do not match {class_name}: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})",
         )
     model.eval()
     return model

@@ -98,6 +98,8 @@ class SODDataModule(pl.LightningDataModule):
                 raise ValueError(f"with_flow=True needs a video dataset, but {name!r} is {found}")
         if predict_on not in ("train", "val"):
             raise ValueError(f"predict_on must be 'train' or 'val', got {predict_on!r}")
+        # Plain strings in the saved hyper-parameters keep checkpoints loadable with weights_only=True.
+        root, val_root, pseudo_dir = (None if p is None else str(p) for p in (root, val_root, pseudo_dir))
         self.save_hyperparameters()
         self.dataset_name = dataset
         self.root = Path(root)
@@ -167,7 +169,7 @@ class SODDataModule(pl.LightningDataModule):
                 self.predict_set = self.build_eval_set(with_masks=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        trainer = self._trainer
+        trainer = self.trainer
         if self.gpu_augment is not None and trainer is not None and trainer.training:
             batch = self.gpu_augment(batch)
         return batch

@@ -1,0 +1,290 @@
+"""The unsupervised A2S pipeline as resumable steps in one output folder.
+
+Steps (each skipped when its output already exists, so an interrupted run resumes where it stopped):
+
+1. ``stage1``: train the :class:`~usod.models.cue_extractor.CueExtractor` on the training images only
+   -> ``OUT/stage1.ckpt``;
+2. ``label``: predict raw saliency cues into the pseudo-label round ``stage1-raw`` (each sample once, an
+   interrupted round resumes), then denseCRF + median filter (A2S eq. 6) them in parallel worker processes
+   into the round ``stage1``, which becomes the store's current round -> ``OUT/labels/``;
+3. ``report``: score the rounds against ground truth when the dataset has it (pseudo-label quality), and
+   write ``OUT/report/metrics.json``, ``pr_curves.png`` and ``grid.png`` (image / labels / ground truth).
+
+The stage-2 detector (issue #6) extends this list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from usod.ops.crf import PostProcessConfig
+
+log = logging.getLogger(__name__)
+
+RAW_ROUND = "stage1-raw"
+LABEL_ROUND = "stage1"
+
+
+@dataclass
+class PipelineConfig:
+    """Settings of :func:`run_pipeline`.
+
+    Attributes:
+        out: Output folder (checkpoints, labels, report).
+        dataset: Registered dataset name of the training images.
+        root: Dataset root.
+        split: Training split (``None``: default).
+        image_size: Network input size.
+        batch_size: Batch size of every step.
+        num_workers: DataLoader workers.
+        postprocess_workers: Processes for the CRF (0: in this process).
+        stage1_epochs: CueExtractor epochs.
+        stage1: Further :class:`CueExtractor` arguments (``backbone``, ``lr``, ``loss``...).
+        postprocess: denseCRF / median filter settings for the pseudo labels.
+        accelerator: Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``).
+        seed: Global seed.
+    """
+
+    out: Path
+    dataset: str = "folder"
+    root: Path = Path("data/synth/rgb")
+    split: str | None = None
+    image_size: int = 224
+    batch_size: int = 16
+    num_workers: int = 2
+    postprocess_workers: int = 2
+    stage1_epochs: int = 8
+    stage1: dict[str, Any] = field(default_factory=dict)
+    postprocess: PostProcessConfig = field(default_factory=PostProcessConfig)
+    accelerator: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.root = Path(self.root)
+        if isinstance(self.postprocess, dict):
+            self.postprocess = PostProcessConfig(**self.postprocess)
+
+
+def _datamodule(config: PipelineConfig) -> Any:
+    from usod.data.datamodules import get_datamodule
+
+    # Resize only: the frozen encoder's features are cached and must not change between epochs.
+    return get_datamodule(
+        config.dataset,
+        root=config.root,
+        split=config.split,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        augment=False,
+        seed=config.seed,
+    )
+
+
+def _trainer(config: PipelineConfig, max_epochs: int, name: str) -> Any:
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import CSVLogger
+
+    return pl.Trainer(
+        accelerator=config.accelerator,
+        devices=1,
+        max_epochs=max_epochs,
+        logger=CSVLogger(config.out / "logs", name=name),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=5,
+    )
+
+
+def _save_checkpoint(trainer: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    trainer.save_checkpoint(tmp)
+    os.replace(tmp, path)  # a crash never leaves a truncated checkpoint under the final name
+
+
+def train_stage1(config: PipelineConfig) -> Path:
+    """Train the cue extractor unless ``OUT/stage1.ckpt`` exists; return the checkpoint path."""
+    from usod.models.cue_extractor import CueExtractor
+
+    ckpt = config.out / "stage1.ckpt"
+    if ckpt.is_file():
+        log.info("stage 1: %s exists, skipping training", ckpt)
+        return ckpt
+    kwargs = {"feature_cache": True, **config.stage1}
+    model = CueExtractor(**kwargs)
+    trainer = _trainer(config, config.stage1_epochs, "stage1")
+    trainer.fit(model, datamodule=_datamodule(config))
+    _save_checkpoint(trainer, ckpt)
+    return ckpt
+
+
+def write_stage1_labels(config: PipelineConfig, ckpt: Path) -> Path:
+    """Write the raw and post-processed stage-1 rounds; return the store root."""
+    import pytorch_lightning as pl
+
+    from usod.labels import PseudoLabelStore, PseudoLabelWriter
+    from usod.labels.writer import remaining
+    from usod.models.base import load_module
+    from usod.ops.crf import postprocess_files
+
+    store = PseudoLabelStore(config.out / "labels")
+    dm = _datamodule(config)
+    dm.setup("predict")
+    dataset = dm.predict_set
+    finished = {r["name"]: r for r in store.rounds()}
+    if not finished.get(RAW_ROUND, {}).get("complete"):
+        todo = remaining(dataset, store, RAW_ROUND) if RAW_ROUND in finished else dataset
+        loader = torch.utils.data.DataLoader(
+            todo, batch_size=config.batch_size, num_workers=config.num_workers
+        )
+        writer = PseudoLabelWriter(store, RAW_ROUND, meta={"ckpt": str(ckpt), "postprocess": None})
+        trainer = pl.Trainer(
+            accelerator=config.accelerator,
+            devices=1,
+            logger=False,
+            callbacks=[writer],
+            enable_model_summary=False,
+        )
+        trainer.predict(load_module(ckpt), loader, return_predictions=False)
+    if not finished.get(LABEL_ROUND, {}).get("complete"):
+        store.begin_round(LABEL_ROUND, {"from": RAW_ROUND, "postprocess": config.postprocess.to_dict()})
+        tasks = [
+            (files.image, store.label_path(RAW_ROUND, files.id), store.label_path(LABEL_ROUND, files.id))
+            for files in dataset.files
+        ]
+        postprocess_files(
+            tasks, config.postprocess, workers=config.postprocess_workers, progress=True, skip_existing=True
+        )
+        store.complete_round(LABEL_ROUND, [files.id for files in dataset.files])
+    return store.root
+
+
+def score_round(config: PipelineConfig, round_name: str) -> dict[str, Any] | None:
+    """Scores of a pseudo-label round against the training images' ground truth (``None`` without it)."""
+    from usod.data.datasets import get_dataset
+    from usod.data.io import InvalidInputError
+    from usod.labels import PseudoLabelStore
+    from usod.metrics import SODMetrics
+
+    try:
+        dataset = get_dataset(config.dataset, root=config.root, split=config.split, with_masks=True)
+    except InvalidInputError:
+        return None  # no ground truth: nothing to score against
+    if any(files.mask is None for files in dataset.files):
+        return None
+    store = PseudoLabelStore(config.out / "labels")
+    metric = SODMetrics()
+    for index, files in enumerate(dataset.files):
+        sample = dataset.load_raw(index)
+        label = store.read(files.id, round_name)
+        metric.update(torch.from_numpy(label)[None], torch.from_numpy(sample["mask"])[None])
+    scores = {k: float(v) if k != "n" else int(v) for k, v in metric.compute().items()}
+    curves = {k: v.tolist() for k, v in metric.curves().items()}
+    return {"scores": scores, "curves": curves}
+
+
+def _plot_curves(results: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_pr, ax_f) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, result in results.items():
+        curves = result["curves"]
+        ax_pr.plot(curves["recall"], curves["precision"], label=name)
+        ax_f.plot(np.arange(256), curves["f"], label=name)
+    ax_pr.set(xlabel="recall", ylabel="precision", title="PR curve", xlim=(0, 1), ylim=(0, 1.02))
+    ax_f.set(
+        xlabel="threshold", ylabel="F-measure", title="F-measure vs threshold", xlim=(0, 255), ylim=(0, 1)
+    )
+    for ax in (ax_pr, ax_f):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _grid(config: PipelineConfig, rounds: list[str], path: Path, n: int = 6) -> None:
+    """Rows of image / each round's label / ground truth for the first ``n`` samples."""
+    import cv2
+
+    from usod.data.datasets import get_dataset
+    from usod.labels import PseudoLabelStore
+
+    store = PseudoLabelStore(config.out / "labels")
+    try:
+        dataset = get_dataset(config.dataset, root=config.root, split=config.split, with_masks=True)
+    except Exception:  # noqa: BLE001 - no masks: show what exists
+        dataset = get_dataset(config.dataset, root=config.root, split=config.split)
+    cell = 128
+    rows = []
+    for index in range(min(n, len(dataset))):
+        sample = dataset.load_raw(index)
+        tiles = [sample["image"]]
+        tiles += [np.repeat(store.read(sample["id"], r)[..., None], 3, axis=2) for r in rounds]
+        if "mask" in sample:
+            tiles.append(np.repeat(sample["mask"][..., None], 3, axis=2))
+        rows.append(np.concatenate([cv2.resize(t, (cell, cell)) for t in tiles], axis=1))
+    grid = np.concatenate(rows, axis=0)
+    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+
+
+def write_report(config: PipelineConfig, timings: dict[str, float]) -> dict[str, Any]:
+    """Score every label round, plot curves and a sample grid; write ``OUT/report/``."""
+    report_dir = config.out / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    rounds = [RAW_ROUND, LABEL_ROUND]
+    results = {r: res for r in rounds if (res := score_round(config, r)) is not None}
+    summary = {
+        "config": json.loads(json.dumps(asdict(config), default=str)),
+        "timings_s": timings,
+        "metrics": {name: res["scores"] for name, res in results.items()},
+    }
+    (report_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    if results:
+        _plot_curves(results, report_dir / "pr_curves.png")
+    _grid(config, rounds, report_dir / "grid.png")
+    return summary
+
+
+def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
+    """Run every step (resuming finished ones) and return the report summary."""
+    import pytorch_lightning as pl
+
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    config.out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    ckpt = train_stage1(config)
+    timings["stage1"] = time.perf_counter() - start
+    start = time.perf_counter()
+    write_stage1_labels(config, ckpt)
+    timings["label"] = time.perf_counter() - start
+    start = time.perf_counter()
+    summary = write_report(config, timings)
+    timings["report"] = time.perf_counter() - start
+    return summary
+
+
+def format_scores(metrics: dict[str, dict[str, float]]) -> str:
+    """A small text table of ``{name: scores}``."""
+    keys = ("mae", "max_f", "mean_f", "adp_f", "max_e", "s_measure", "w_f")
+    width = max([len(n) for n in metrics] + [6])
+    lines = [f"{'':<{width}}  " + "  ".join(f"{k:>9}" for k in keys)]
+    for name, scores in metrics.items():
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{scores.get(k, float('nan')):>9.4f}" for k in keys))
+    return "\n".join(lines)
