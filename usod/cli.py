@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                     dest=f"{part}_command", metavar="SUBCOMMAND", required=True
                 )
             parent = groups[part]
-        sub = parent.add_parser(path[-1], help=help_text, description=help_text)
+        # No help here: `usod CMD --help` reaches the command's own parser, which knows its options.
+        sub = parent.add_parser(path[-1], help=help_text, add_help=False)
         sub.set_defaults(_module=module)
     return parser
 

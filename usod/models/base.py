@@ -29,8 +29,9 @@ class USODModule(pl.LightningModule):
 def _without_weight_files(hparams: dict[str, Any]) -> dict[str, Any]:
     """Hyper-parameters with backbone weight files switched off: the checkpoint holds every weight already,
     and the original file may not exist on the machine that loads it."""
-    out = dict(hparams)
-    for key, value in hparams.items():
+    # LightningCLI adds private entries such as ``_class_path``; they are not constructor arguments.
+    out = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    for key, value in out.items():
         if key.endswith("backbone") and isinstance(value, dict) and "weights" in value:
             out[key] = {**value, "weights": "none"}
     return out

@@ -1,0 +1,139 @@
+"""The ``usod`` command line: dispatch, help, user errors, and the Lightning CLI on tiny configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from usod.cli import COMMANDS, main
+from usod.data.synth import write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_command_module_has_the_interface() -> None:
+    import importlib
+
+    for module_name, _ in COMMANDS.values():
+        module = importlib.import_module(module_name)
+        assert callable(module.add_arguments) and callable(module.run), module_name
+
+
+def test_help_and_unknown_command(capsys) -> None:
+    assert main([]) == 0
+    assert "evaluate" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--help"])
+    assert exc.value.code == 0
+    assert "--gt" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["no-such-command"])
+
+
+def test_list_datasets_and_models(capsys) -> None:
+    assert main(["list", "datasets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("duts", "nju2k", "vt5000", "davis", "orssd", "folder"):
+        assert name in out
+    assert main(["list", "models"]) == 0
+    assert "CueExtractor" in capsys.readouterr().out
+
+
+def test_synth_then_inspect(tmp_path, capsys) -> None:
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--out",
+                str(tmp_path / "d"),
+                "--modality",
+                "rgb",
+                "--n",
+                "5",
+                "--size",
+                "32",
+                "32",
+            ]
+        )
+        == 0
+    )
+    assert main(["data", "inspect", "--name", "folder", "--root", str(tmp_path / "d")]) == 0
+    assert "samples: 5" in capsys.readouterr().out
+
+
+def test_user_errors_are_one_line_not_a_traceback(tmp_path, capsys) -> None:
+    rc = main(
+        [
+            "predict",
+            "--ckpt",
+            str(tmp_path / "missing.ckpt"),
+            "--input",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "missing.ckpt" in err and "Traceback" not in err
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    rc = main(["predict", "--ckpt", str(bad), "--input", str(tmp_path), "--output", str(tmp_path / "o")])
+    assert rc == 2 and "bad.ckpt" in capsys.readouterr().err
+
+
+def _tiny_experiment(tmp_path: Path) -> Path:
+    config = yaml.safe_load((REPO / "configs/experiment/a2s_stage1_synth.yaml").read_text())
+    data = write_dataset(tmp_path / "data", "rgb", 6, size=(48, 48))
+    config["model"]["init_args"]["backbone"] = {"name": "resnet18", "weights": "none"}
+    config["data"]["init_args"].update(root=str(data), image_size=32, batch_size=3, num_workers=0)
+    config["trainer"].update(max_epochs=1, default_root_dir=str(tmp_path / "runs"), enable_progress_bar=False)
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_lightning_cli_fits_and_predict_command_writes_maps(tmp_path) -> None:
+    config = _tiny_experiment(tmp_path)
+    main(["fit", "--config", str(config)])
+    ckpts = sorted((tmp_path / "runs").rglob("*.ckpt"))
+    assert ckpts, "fit must leave a checkpoint"
+    out = tmp_path / "pred"
+    images = tmp_path / "data" / "images"
+    assert (
+        main(
+            [
+                "predict",
+                "--ckpt",
+                str(ckpts[-1]),
+                "--input",
+                str(images),
+                "--output",
+                str(out),
+                "--num-workers",
+                "0",
+                "--overlay",
+            ]
+        )
+        == 0
+    )
+    from PIL import Image
+
+    for image_path in images.glob("*.jpg"):
+        pred = Image.open(out / f"{image_path.stem}.png")
+        assert pred.size == Image.open(image_path).size and pred.mode == "L"
+        assert (out / "overlay" / f"{image_path.stem}.jpg").is_file()
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu", "ddp"])
+def test_trainer_configs_parse(name: str) -> None:
+    config = yaml.safe_load((REPO / f"configs/trainer/{name}.yaml").read_text())
+    import inspect
+
+    import pytorch_lightning as pl
+
+    known = set(inspect.signature(pl.Trainer.__init__).parameters)
+    assert set(config["trainer"]) <= known
