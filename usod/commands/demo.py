@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         postprocess_workers=args.workers,
         stage1_epochs=args.epochs,
-        stage1={"backbone": {"name": "tf_efficientnet_lite0", "weights": "bundled"}},
+        stage1={"backbone": {"name": "tf_efficientnet_lite0", "weights": "bundled"}, "fuse_stride": 4},
         accelerator="cpu",
         seed=args.seed,
     )
