@@ -21,6 +21,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "inspect"): ("usod.commands.data_inspect", "check a dataset folder and count its samples"),
     ("data", "synth"): ("usod.commands.data_synth", "write the embedded synthetic dataset"),
     ("evaluate",): ("usod.commands.evaluate", "score saliency maps against ground truth"),
+    ("label",): ("usod.commands.label", "write a round of pseudo labels for a dataset with a checkpoint"),
     ("demo",): ("usod.commands.demo", "run the unsupervised pipeline on the embedded synthetic data"),
 }
 FOLDER_PREDICT = ("usod.commands.predict", "predict saliency maps for a folder of images or a video file")

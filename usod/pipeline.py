@@ -130,45 +130,200 @@ def train_stage1(config: PipelineConfig) -> Path:
     return ckpt
 
 
-def write_stage1_labels(config: PipelineConfig, ckpt: Path) -> Path:
-    """Write the raw and post-processed stage-1 rounds; return the store root."""
+@dataclass
+class LabelRoundResult:
+    """What :func:`write_label_round` did.
+
+    Attributes:
+        store_root: The pseudo-label store.
+        raw_round: Round holding the raw network maps (equal to ``round`` without post-processing).
+        round: The final round, now the store's current round.
+        predicted: Samples the network predicted in this call (0 when the raw round was already complete).
+        postprocessed: Labels post-processed in this call (finished ones are skipped).
+    """
+
+    store_root: Path
+    raw_round: str
+    round: str
+    predicted: int
+    postprocessed: int
+
+
+def _round_entry(store: Any, name: str) -> dict[str, Any] | None:
+    return next((r for r in store.rounds() if r["name"] == name), None)
+
+
+def _check_same_settings(store: Any, name: str, meta: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Refuse to resume (or reuse) a round written with other settings: its labels would mix two models."""
+    entry = _round_entry(store, name)
+    if entry is None:
+        return
+    old = entry.get("meta") or {}
+    differ = [k for k in keys if k in old and old[k] != meta[k]]
+    if differ:
+        details = "; ".join(f"{k}: {old[k]!r} in the store, {meta[k]!r} now" for k in differ)
+        raise FileExistsError(
+            f"pseudo-label round {name!r} in {store.root} was written with other settings ({details}); "
+            "choose another round name or overwrite it"
+        )
+
+
+def _round_state(store: Any, name: str, ids: list[str]) -> tuple[bool, list[str]]:
+    """``(marked complete, ids without a label file)`` of a round."""
+    entry = _round_entry(store, name)
+    done = store.finished_ids(name)
+    return bool(entry and entry.get("complete")), [i for i in ids if i not in done]
+
+
+def write_label_round(
+    dataset: Any,
+    ckpt: str | Path,
+    store: Any,
+    round_name: str,
+    postprocess: PostProcessConfig | None = None,
+    *,
+    raw_round: str | None = None,
+    batch_size: int = 16,
+    num_workers: int = 2,
+    postprocess_workers: int = 2,
+    accelerator: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> LabelRoundResult:
+    """Write one round of pseudo labels with a trained usod module; resumable.
+
+    1. The module's raw saliency maps go into ``raw_round`` (default ``<round_name>-raw``) through
+       ``Trainer.predict`` and :class:`~usod.labels.PseudoLabelWriter` (each sample once, also under DDP).
+       Samples that already have a raw label are not predicted again.
+    2. ``postprocess`` (denseCRF + median filter, A2S eq. 6) turns them into ``round_name`` in
+       ``postprocess_workers`` processes, skipping labels that exist; the round is completed and becomes the
+       store's current round. With ``postprocess=None`` the raw maps are written straight into
+       ``round_name`` and there is no second round.
+
+    A round the manifest marks complete is skipped when all its labels are on disk; when some were deleted,
+    only those are written again (a complete raw round that lost files is predicted again as a whole, since
+    the store does not reopen complete rounds; its old files are moved to ``retired/``). Rounds written with
+    another checkpoint or other post-processing settings are refused unless ``overwrite`` is set, in which
+    case both rounds start over (old files retired, not deleted).
+
+    Args:
+        dataset: The samples to label, with the network's input transform (e.g. a datamodule's
+            ``predict_set``): a :class:`~usod.data.datasets.SODDataset`, whose ``files`` give the images
+            for the CRF.
+        ckpt: Checkpoint of any usod module (see :func:`usod.models.base.load_module`).
+        store: A :class:`~usod.labels.PseudoLabelStore` or its root folder.
+        round_name: Name of the final round.
+        postprocess: Post-processing settings, or ``None`` for raw labels only.
+        raw_round: Name of the raw round (default ``<round_name>-raw``).
+        batch_size: Prediction batch size.
+        num_workers: DataLoader workers.
+        postprocess_workers: CRF processes (0: in this process).
+        accelerator: Lightning accelerator of the prediction.
+        overwrite: Start both rounds over even when they exist.
+        progress: Show progress bars.
+
+    Returns:
+        A :class:`LabelRoundResult`.
+
+    Raises:
+        FileNotFoundError: The checkpoint does not exist.
+        FileExistsError: A round exists with other settings and ``overwrite`` is False.
+        TypeError: ``dataset`` has no ``files`` (image paths for the CRF).
+    """
     import pytorch_lightning as pl
 
-    from usod.labels import PseudoLabelStore, PseudoLabelWriter
-    from usod.labels.writer import remaining
+    from usod.labels import PseudoLabelStore, PseudoLabelWriter, dataset_ids
+    from usod.labels.writer import IdSubset
     from usod.models.base import load_module
     from usod.ops.crf import postprocess_files
 
-    store = PseudoLabelStore(config.out / "labels")
-    dm = _datamodule(config)
-    dm.setup("predict")
-    dataset = dm.predict_set
-    finished = {r["name"]: r for r in store.rounds()}
-    if not finished.get(RAW_ROUND, {}).get("complete"):
-        todo = remaining(dataset, store, RAW_ROUND) if RAW_ROUND in finished else dataset
-        loader = torch.utils.data.DataLoader(
-            todo, batch_size=config.batch_size, num_workers=config.num_workers
-        )
-        writer = PseudoLabelWriter(store, RAW_ROUND, meta={"ckpt": str(ckpt), "postprocess": None})
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
+    files = getattr(dataset, "files", None)
+    if files is None:
+        raise TypeError(f"{type(dataset).__name__} has no 'files'; pass a usod SODDataset")
+    store = store if isinstance(store, PseudoLabelStore) else PseudoLabelStore(store)
+    final_only = postprocess is None
+    raw_round = round_name if final_only else (raw_round or f"{round_name}-raw")
+    ids = dataset_ids(dataset)
+    raw_meta = {"ckpt": str(ckpt.resolve()), "postprocess": None}
+    post_meta = None if final_only else {"from": raw_round, "postprocess": postprocess.to_dict()}
+    if not overwrite:
+        _check_same_settings(store, raw_round, raw_meta, ("ckpt",))
+        if post_meta is not None:
+            _check_same_settings(store, round_name, post_meta, ("from", "postprocess"))
+
+    predicted = 0
+    complete, missing = _round_state(store, raw_round, ids)
+    restart = overwrite or (complete and bool(missing))
+    if restart or missing or not complete:
+        if complete and missing and not overwrite:
+            log.warning(
+                "round %r is marked complete but %d labels are missing; predicting it again",
+                raw_round,
+                len(missing),
+            )
+        index = {sample_id: i for i, sample_id in enumerate(ids)}
+        todo = dataset if restart else IdSubset(dataset, [index[i] for i in missing], ids)
+        writer = PseudoLabelWriter(store, raw_round, meta=raw_meta, overwrite=restart, expected_ids=ids)
         trainer = pl.Trainer(
-            accelerator=config.accelerator,
+            accelerator=accelerator,
             devices=1,
             logger=False,
             callbacks=[writer],
             enable_model_summary=False,
+            enable_progress_bar=progress,
         )
+        loader = torch.utils.data.DataLoader(todo, batch_size=batch_size, num_workers=num_workers)
         trainer.predict(load_module(ckpt), loader, return_predictions=False)
-    if not finished.get(LABEL_ROUND, {}).get("complete"):
-        store.begin_round(LABEL_ROUND, {"from": RAW_ROUND, "postprocess": config.postprocess.to_dict()})
-        tasks = [
-            (files.image, store.label_path(RAW_ROUND, files.id), store.label_path(LABEL_ROUND, files.id))
-            for files in dataset.files
-        ]
-        postprocess_files(
-            tasks, config.postprocess, workers=config.postprocess_workers, progress=True, skip_existing=True
-        )
-        store.complete_round(LABEL_ROUND, [files.id for files in dataset.files])
-    return store.root
+        predicted = len(todo)
+    if final_only:
+        if not predicted:
+            store.set_current(raw_round)
+        return LabelRoundResult(store.root, raw_round, round_name, predicted, 0)
+
+    complete, missing = _round_state(store, round_name, ids)
+    if overwrite or not complete:
+        store.begin_round(round_name, post_meta, overwrite=overwrite)
+        if overwrite:
+            missing = ids
+    elif missing:
+        # Complete rounds are never reopened; the lost labels are recomputed in place, identical to before.
+        log.warning("round %r is complete but %d labels are missing; writing them", round_name, len(missing))
+    todo_ids = set(missing)
+    tasks = [
+        (f.image, store.label_path(raw_round, f.id), store.label_path(round_name, f.id))
+        for f in files
+        if f.id in todo_ids
+    ]
+    written = postprocess_files(
+        tasks, postprocess, workers=postprocess_workers, progress=progress, skip_existing=True
+    )
+    if written or not complete:
+        store.complete_round(round_name, ids)
+    else:
+        store.set_current(round_name)
+    return LabelRoundResult(store.root, raw_round, round_name, predicted, len(written))
+
+
+def write_stage1_labels(config: PipelineConfig, ckpt: Path) -> Path:
+    """Write the raw (``stage1-raw``) and post-processed (``stage1``) rounds; return the store root."""
+    dm = _datamodule(config)
+    dm.setup("predict")
+    result = write_label_round(
+        dm.predict_set,
+        ckpt,
+        config.out / "labels",
+        LABEL_ROUND,
+        config.postprocess,
+        raw_round=RAW_ROUND,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        postprocess_workers=config.postprocess_workers,
+        accelerator=config.accelerator,
+    )
+    return result.store_root
 
 
 def score_round(config: PipelineConfig, round_name: str) -> dict[str, Any] | None:
