@@ -137,3 +137,11 @@ def test_trainer_configs_parse(name: str) -> None:
 
     known = set(inspect.signature(pl.Trainer.__init__).parameters)
     assert set(config["trainer"]) <= known
+
+
+def test_every_registered_model_has_a_config() -> None:
+    from usod.models.registry import MODELS
+
+    for name, cls in MODELS.items():
+        config = yaml.safe_load((REPO / "configs" / "model" / f"{name}.yaml").read_text())
+        assert config["model"]["class_path"] == f"{cls.__module__.rsplit('.', 1)[0]}.{cls.__name__}"
