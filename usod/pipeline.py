@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 RAW_ROUND = "stage1-raw"
 LABEL_ROUND = "stage1"
+STAGE2_ROUND = "stage2-pred"
 
 
 @dataclass
@@ -49,6 +50,8 @@ class PipelineConfig:
         postprocess_workers: Processes for the CRF (0: in this process).
         stage1_epochs: CueExtractor epochs.
         stage1: Further :class:`CueExtractor` arguments (``backbone``, ``lr``, ``loss``...).
+        stage2_epochs: SaliencyDetector epochs; 0 stops the pipeline after the stage-1 labels.
+        stage2: Further :class:`SaliencyDetector` arguments (``backbone``, ``label_update``, ``lr``...).
         postprocess: denseCRF / median filter settings for the pseudo labels.
         accelerator: Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``).
         seed: Global seed.
@@ -64,6 +67,8 @@ class PipelineConfig:
     postprocess_workers: int = 2
     stage1_epochs: int = 8
     stage1: dict[str, Any] = field(default_factory=dict)
+    stage2_epochs: int = 0
+    stage2: dict[str, Any] = field(default_factory=dict)
     postprocess: PostProcessConfig = field(default_factory=PostProcessConfig)
     accelerator: str = "auto"
     seed: int = 0
@@ -75,10 +80,11 @@ class PipelineConfig:
             self.postprocess = PostProcessConfig(**self.postprocess)
 
 
-def _datamodule(config: PipelineConfig) -> Any:
+def _datamodule(config: PipelineConfig, pseudo_dir: Path | None = None) -> Any:
     from usod.data.datamodules import get_datamodule
 
-    # Resize only: the frozen encoder's features are cached and must not change between epochs.
+    # Resize only: stage 1 caches frozen-encoder features, and stage 2 flips by itself so that it can map
+    # its predictions back onto the labels it rectifies.
     return get_datamodule(
         config.dataset,
         root=config.root,
@@ -87,11 +93,12 @@ def _datamodule(config: PipelineConfig) -> Any:
         batch_size=config.batch_size,
         num_workers=config.num_workers,
         augment=False,
+        pseudo_dir=pseudo_dir,
         seed=config.seed,
     )
 
 
-def _trainer(config: PipelineConfig, max_epochs: int, name: str) -> Any:
+def _trainer(config: PipelineConfig, max_epochs: int, name: str, callbacks: list[Any] | None = None) -> Any:
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
 
@@ -105,6 +112,7 @@ def _trainer(config: PipelineConfig, max_epochs: int, name: str) -> Any:
         num_sanity_val_steps=0,
         limit_val_batches=0,
         log_every_n_steps=5,
+        callbacks=callbacks,
     )
 
 
@@ -326,6 +334,43 @@ def write_stage1_labels(config: PipelineConfig, ckpt: Path) -> Path:
     return result.store_root
 
 
+def train_stage2(config: PipelineConfig) -> Path:
+    """Train the saliency detector on the stage-1 labels with online label updates (``OUT/stage2.ckpt``).
+
+    Each epoch's rectified labels are written to the store as ``stage2-epoch<j>`` rounds.
+    """
+    from usod.labels import PseudoLabelStore
+    from usod.models.saliency_detector import LabelRoundWriter, SaliencyDetector
+
+    ckpt = config.out / "stage2.ckpt"
+    if ckpt.is_file():
+        log.info("stage 2: %s exists, skipping training", ckpt)
+        return ckpt
+    store = PseudoLabelStore(config.out / "labels")
+    model = SaliencyDetector(**{"backbone": config.stage1.get("backbone"), **config.stage2})
+    trainer = _trainer(config, config.stage2_epochs, "stage2", callbacks=[LabelRoundWriter(store)])
+    trainer.fit(model, datamodule=_datamodule(config, pseudo_dir=store.round_dir(LABEL_ROUND)))
+    _save_checkpoint(trainer, ckpt)
+    return ckpt
+
+
+def write_stage2_predictions(config: PipelineConfig, ckpt: Path) -> Path:
+    """Write the detector's predictions on the training images as the round ``stage2-pred``."""
+    dm = _datamodule(config)
+    dm.setup("predict")
+    result = write_label_round(
+        dm.predict_set,
+        ckpt,
+        config.out / "labels",
+        STAGE2_ROUND,
+        None,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        accelerator=config.accelerator,
+    )
+    return result.store_root
+
+
 def score_round(config: PipelineConfig, round_name: str) -> dict[str, Any] | None:
     """Scores of a pseudo-label round against the training images' ground truth (``None`` without it)."""
     from usod.data.datasets import get_dataset
@@ -403,6 +448,8 @@ def write_report(config: PipelineConfig, timings: dict[str, float]) -> dict[str,
     report_dir = config.out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     rounds = [RAW_ROUND, LABEL_ROUND]
+    if (config.out / "stage2.ckpt").is_file():
+        rounds.append(STAGE2_ROUND)
     results = {r: res for r in rounds if (res := score_round(config, r)) is not None}
     summary = {
         "config": json.loads(json.dumps(asdict(config), default=str)),
@@ -429,6 +476,11 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     start = time.perf_counter()
     write_stage1_labels(config, ckpt)
     timings["label"] = time.perf_counter() - start
+    if config.stage2_epochs > 0:
+        start = time.perf_counter()
+        stage2 = train_stage2(config)
+        write_stage2_predictions(config, stage2)
+        timings["stage2"] = time.perf_counter() - start
     start = time.perf_counter()
     summary = write_report(config, timings)
     timings["report"] = time.perf_counter() - start

@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=240, help="synthetic training images")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=10, help="stage-1 epochs")
+    parser.add_argument("--stage2-epochs", type=int, default=6, help="stage-2 epochs (0: stage 1 only)")
     parser.add_argument("--workers", type=int, default=2, help="data and CRF worker processes")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         postprocess_workers=args.workers,
         stage1_epochs=args.epochs,
+        stage2_epochs=args.stage2_epochs,
         stage1={"backbone": {"name": "tf_efficientnet_lite0", "weights": "bundled"}, "fuse_stride": 4},
         accelerator="cpu",
         seed=args.seed,
