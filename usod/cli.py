@@ -22,6 +22,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "synth"): ("usod.commands.data_synth", "write the embedded synthetic dataset"),
     ("evaluate",): ("usod.commands.evaluate", "score saliency maps against ground truth"),
     ("label",): ("usod.commands.label", "write a round of pseudo labels for a dataset with a checkpoint"),
+    ("pipeline",): ("usod.commands.pipeline", "stage 1, pseudo labels, stage 2 and evaluation from a YAML"),
     ("demo",): ("usod.commands.demo", "run the unsupervised pipeline on the embedded synthetic data"),
 }
 FOLDER_PREDICT = ("usod.commands.predict", "predict saliency maps for a folder of images or a video file")

@@ -7,10 +7,12 @@ Steps (each skipped when its output already exists, so an interrupted run resume
 2. ``label``: predict raw saliency cues into the pseudo-label round ``stage1-raw`` (each sample once, an
    interrupted round resumes), then denseCRF + median filter (A2S eq. 6) them in parallel worker processes
    into the round ``stage1``, which becomes the store's current round -> ``OUT/labels/``;
-3. ``report``: score the rounds against ground truth when the dataset has it (pseudo-label quality), and
-   write ``OUT/report/metrics.json``, ``pr_curves.png`` and ``grid.png`` (image / labels / ground truth).
-
-The stage-2 detector (issue #6) extends this list.
+3. ``stage2`` (when ``stage2_epochs > 0``): train the :class:`~usod.models.saliency_detector.SaliencyDetector`
+   on the ``stage1`` labels with online label updates (each epoch's labels become a round ``stage2-epoch<j>``)
+   -> ``OUT/stage2.ckpt``, then write its predictions on the training images as the round ``stage2-pred``;
+4. ``report``: score the rounds against ground truth when the dataset has it (pseudo-label quality), score
+   each stage's checkpoint on the held-out ``eval`` sets, and write ``OUT/report/metrics.json``,
+   ``pr_curves*.png`` and ``grid.png`` (image / labels / prediction / ground truth).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from usod.data.io import atomic_write_bytes
 from usod.ops.crf import PostProcessConfig
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,9 @@ class PipelineConfig:
         stage2_epochs: SaliencyDetector epochs; 0 stops the pipeline after the stage-1 labels.
         stage2: Further :class:`SaliencyDetector` arguments (``backbone``, ``label_update``, ``lr``...).
         postprocess: denseCRF / median filter settings for the pseudo labels.
+        eval: Held-out test sets, ``{"name", "dataset", "root", "split"}`` each (``name`` defaults to the
+            dataset name): every trained stage's predictions are scored on them in the report (the images
+            are never used for training).
         accelerator: Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``).
         seed: Global seed.
     """
@@ -70,6 +77,7 @@ class PipelineConfig:
     stage2_epochs: int = 0
     stage2: dict[str, Any] = field(default_factory=dict)
     postprocess: PostProcessConfig = field(default_factory=PostProcessConfig)
+    eval: list[dict[str, Any]] = field(default_factory=list)
     accelerator: str = "auto"
     seed: int = 0
 
@@ -78,6 +86,20 @@ class PipelineConfig:
         self.root = Path(self.root)
         if isinstance(self.postprocess, dict):
             self.postprocess = PostProcessConfig(**self.postprocess)
+        for index, entry in enumerate(self.eval):
+            unknown = set(entry) - {"name", "dataset", "root", "split"}
+            if unknown or "dataset" not in entry or "root" not in entry:
+                raise ValueError(
+                    f"eval[{index}] needs 'dataset' and 'root' (optional name, split), got {sorted(entry)}"
+                )
+        names = [eval_name(e) for e in self.eval]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval set names must be unique, got {names}; give each a 'name'")
+
+
+def eval_name(entry: dict[str, Any]) -> str:
+    """Name of a held-out test set in reports."""
+    return str(entry.get("name") or entry["dataset"])
 
 
 def _datamodule(config: PipelineConfig, pseudo_dir: Path | None = None) -> Any:
@@ -118,7 +140,8 @@ def _trainer(config: PipelineConfig, max_epochs: int, name: str, callbacks: list
 
 def _save_checkpoint(trainer: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    trainer.save_checkpoint(tmp)
+    # Weights and hyper-parameters only: the step is finished, so there is no optimizer state to resume.
+    trainer.save_checkpoint(tmp, weights_only=True)
     os.replace(tmp, path)  # a crash never leaves a truncated checkpoint under the final name
 
 
@@ -389,10 +412,90 @@ def score_round(config: PipelineConfig, round_name: str) -> dict[str, Any] | Non
     for index, files in enumerate(dataset.files):
         sample = dataset.load_raw(index)
         label = store.read(files.id, round_name)
-        metric.update(torch.from_numpy(label)[None], torch.from_numpy(sample["mask"])[None])
+        metric.update(torch.tensor(label)[None], torch.tensor(sample["mask"])[None])
     scores = {k: float(v) if k != "n" else int(v) for k, v in metric.compute().items()}
     curves = {k: v.tolist() for k, v in metric.curves().items()}
     return {"scores": scores, "curves": curves}
+
+
+@torch.no_grad()
+def evaluate_checkpoint(
+    ckpt: str | Path,
+    dataset: Any,
+    *,
+    image_size: int | None = None,
+    batch_size: int = 16,
+    num_workers: int = 2,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score a usod checkpoint's predictions on a dataset with ground truth.
+
+    Predictions are resized to each mask's original size and quantised to 8 bits, exactly as
+    ``usod predict`` writes them, so the scores equal ``usod evaluate`` on its output.
+
+    Args:
+        ckpt: Checkpoint of any usod module.
+        dataset: A :class:`~usod.data.datasets.SODDataset` built with ``with_masks=True``; its transform is
+            replaced by a plain resize to ``image_size``.
+        image_size: Network input size (default: the one the checkpoint was trained with, else 320).
+        batch_size: Prediction batch size.
+        num_workers: DataLoader workers.
+        device: Where the network runs.
+        progress: Show a progress bar.
+
+    Returns:
+        ``{"scores": {...}, "curves": {...}}`` as :func:`score_round`.
+    """
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from usod.data.io import read_mask
+    from usod.data.transforms import EvalTransform
+    from usod.metrics import SODMetrics
+    from usod.models.base import load_module, trained_image_size
+
+    model = load_module(ckpt, map_location=device)
+    size = image_size or trained_image_size(ckpt) or 320
+    dataset.transform = EvalTransform(size)
+    masks = {f.id: f.mask for f in dataset.files}
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    metric = SODMetrics()
+    for batch in tqdm(loader, desc=f"evaluate {Path(ckpt).name}", unit="batch", disable=not progress):
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        saliency = model.predict_step(batch, 0)["saliency"].float().cpu()
+        for i, sample_id in enumerate(batch["id"]):
+            mask = read_mask(masks[sample_id])
+            pred = F.interpolate(saliency[i : i + 1], size=mask.shape, mode="bilinear", align_corners=False)
+            pred = (pred[0].clamp(0, 1) * 255).round().to(torch.uint8)
+            metric.update(pred, torch.from_numpy(mask)[None])
+    scores = {k: float(v) if k != "n" else int(v) for k, v in metric.compute().items()}
+    curves = {k: v.tolist() for k, v in metric.curves().items()}
+    return {"scores": scores, "curves": curves}
+
+
+def evaluate_stages(config: PipelineConfig) -> dict[str, dict[str, Any]]:
+    """Scores of every trained stage on every held-out set: ``{"<set>/<stage>": result}``."""
+    from usod.data.datasets import get_dataset
+
+    results = {}
+    for entry in config.eval:
+        for stage in ("stage1", "stage2"):
+            ckpt = config.out / f"{stage}.ckpt"
+            if not ckpt.is_file():
+                continue
+            dataset = get_dataset(
+                entry["dataset"], root=entry["root"], split=entry.get("split"), with_masks=True
+            )
+            results[f"{eval_name(entry)}/{stage}"] = evaluate_checkpoint(
+                ckpt,
+                dataset,
+                image_size=config.image_size,
+                batch_size=config.batch_size,
+                num_workers=config.num_workers,
+                device="cuda" if config.accelerator == "gpu" else "cpu",
+            )
+    return results
 
 
 def _plot_curves(results: dict[str, dict[str, Any]], path: Path) -> None:
@@ -443,6 +546,10 @@ def _grid(config: PipelineConfig, rounds: list[str], path: Path, n: int = 6) -> 
     cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
 
 
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
 def write_report(config: PipelineConfig, timings: dict[str, float]) -> dict[str, Any]:
     """Score every label round, plot curves and a sample grid; write ``OUT/report/``."""
     report_dir = config.out / "report"
@@ -451,14 +558,25 @@ def write_report(config: PipelineConfig, timings: dict[str, float]) -> dict[str,
     if (config.out / "stage2.ckpt").is_file():
         rounds.append(STAGE2_ROUND)
     results = {r: res for r in rounds if (res := score_round(config, r)) is not None}
+    start = time.perf_counter()
+    held_out = evaluate_stages(config)
+    timings = dict(timings)
+    if held_out:
+        timings["eval"] = time.perf_counter() - start
     summary = {
         "config": json.loads(json.dumps(asdict(config), default=str)),
         "timings_s": timings,
         "metrics": {name: res["scores"] for name, res in results.items()},
+        "eval": {name: res["scores"] for name, res in held_out.items()},
     }
-    (report_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_bytes(report_dir / "metrics.json", json.dumps(summary, indent=2).encode())
     if results:
         _plot_curves(results, report_dir / "pr_curves.png")
+    for entry in config.eval:
+        name = eval_name(entry)
+        curves = {k.split("/", 1)[1]: v for k, v in held_out.items() if k.split("/", 1)[0] == name}
+        if curves:
+            _plot_curves(curves, report_dir / f"pr_curves_{_safe(name)}.png")
     _grid(config, rounds, report_dir / "grid.png")
     return summary
 
@@ -483,8 +601,23 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         timings["stage2"] = time.perf_counter() - start
     start = time.perf_counter()
     summary = write_report(config, timings)
-    timings["report"] = time.perf_counter() - start
+    summary["timings_s"]["report"] = time.perf_counter() - start
     return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The report's tables: label rounds on the training images, then each stage on the held-out sets."""
+    parts = []
+    if summary.get("metrics"):
+        parts.append("training images (pseudo labels / predictions vs ground truth):")
+        parts.append(format_scores(summary["metrics"]))
+    if summary.get("eval"):
+        parts.append("\nheld-out sets (never trained on):")
+        parts.append(format_scores(summary["eval"]))
+    timings = summary.get("timings_s") or {}
+    if timings:
+        parts.append("\nstep times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    return "\n".join(parts)
 
 
 def format_scores(metrics: dict[str, dict[str, float]]) -> str:

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from usod.data.synth import write_dataset
-    from usod.pipeline import PipelineConfig, format_scores, run_pipeline
+    from usod.pipeline import PipelineConfig, format_summary, run_pipeline
 
     start = time.perf_counter()
     data = args.out / "data" / "rgb"
@@ -46,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = run_pipeline(config)
     print()
-    print(format_scores(summary["metrics"]))
+    print(format_summary(summary))
     print(f"\nreport: {args.out / 'report'} ({time.perf_counter() - start:.0f} s)")
     return 0

@@ -1,0 +1,153 @@
+"""``usod pipeline``: both stages, label rounds, held-out evaluation, report, resume and config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from usod.cli import main
+from usod.data.synth import write_dataset
+from usod.labels import PseudoLabelStore
+
+N, SIZE = 8, 64
+TINY = {"name": "resnet18", "weights": "none"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, Path]:
+    """``(train_root, heldout_root)``: two disjoint generated sets."""
+    tmp = tmp_path_factory.mktemp("pipeline-data")
+    train = write_dataset(tmp / "train", "rgb", N, seed=1, size=(SIZE, SIZE))
+    heldout = write_dataset(tmp / "heldout", "rgb", 4, seed=2, size=(SIZE, SIZE))
+    return train, heldout
+
+
+def _config(path: Path, train: Path, heldout: Path, out: Path, **extra) -> Path:
+    settings = {
+        "out": str(out),
+        "dataset": "folder",
+        "root": str(train),
+        "image_size": SIZE,
+        "batch_size": 4,
+        "num_workers": 0,
+        "postprocess_workers": 0,
+        "stage1_epochs": 1,
+        "stage1": {"backbone": TINY},
+        "stage2_epochs": 2,
+        "stage2": {"label_update": "olr", "olr_warmup_epochs": 1},
+        "eval": [{"name": "heldout", "dataset": "folder", "root": str(heldout)}],
+        "accelerator": "cpu",
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def _mtime(path: Path) -> int:
+    return path.stat().st_mtime_ns
+
+
+@pytest.mark.slow
+def test_pipeline_runs_both_stages_reports_and_resumes(data, tmp_path, capsys) -> None:
+    train, heldout = data
+    out = tmp_path / "run"
+    config = _config(tmp_path / "pipeline.yaml", train, heldout, out)
+    assert main(["pipeline", "--config", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out sets" in printed and "heldout/stage2" in printed
+
+    for name in ("stage1.ckpt", "stage2.ckpt"):
+        assert (out / name).is_file()
+    store = PseudoLabelStore(out / "labels")
+    rounds = [r["name"] for r in store.rounds()]
+    # stage-1 raw and CRF rounds, one rectified round per stage-2 epoch, then the detector's predictions
+    assert rounds[:2] == ["stage1-raw", "stage1"]
+    assert "stage2-pred" in rounds and any(r.startswith("stage2-epoch") for r in rounds)
+    assert store.current_round() == "stage2-pred"
+    assert len(store.finished_ids("stage2-pred")) == N
+
+    summary = json.loads((out / "report" / "metrics.json").read_text())
+    assert set(summary["metrics"]) == {"stage1-raw", "stage1", "stage2-pred"}
+    assert set(summary["eval"]) == {"heldout/stage1", "heldout/stage2"}
+    for scores in [*summary["metrics"].values(), *summary["eval"].values()]:
+        assert 0.0 <= scores["mae"] <= 1.0 and 0.0 <= scores["max_f"] <= 1.0
+    assert summary["eval"]["heldout/stage1"]["n"] == 4
+    for plot in ("pr_curves.png", "pr_curves_heldout.png", "grid.png"):
+        assert (out / "report" / plot).stat().st_size > 0
+
+    # A rerun trains nothing and rewrites no label: every step is found finished.
+    stamps = {
+        p: _mtime(p) for p in [out / "stage1.ckpt", out / "stage2.ckpt", *store.round_dir("stage1").iterdir()]
+    }
+    assert main(["pipeline", "--config", str(config)]) == 0
+    assert {p: _mtime(p) for p in stamps} == stamps
+
+    # Losing the stage-2 checkpoint retrains stage 2 only.
+    (out / "stage2.ckpt").unlink()
+    assert main(["pipeline", "--config", str(config)]) == 0
+    assert (out / "stage2.ckpt").is_file()
+    assert _mtime(out / "stage1.ckpt") == stamps[out / "stage1.ckpt"]
+
+
+def test_held_out_scores_equal_usod_evaluate_on_predicted_maps(data, tmp_path, capsys) -> None:
+    """The report's held-out numbers are the ones `usod predict` + `usod evaluate` give."""
+    from usod.data.datasets import get_dataset
+    from usod.pipeline import PipelineConfig, evaluate_checkpoint, train_stage1
+
+    train, heldout = data
+    config = PipelineConfig(
+        out=tmp_path / "run",
+        root=train,
+        image_size=SIZE,
+        batch_size=4,
+        num_workers=0,
+        stage1_epochs=1,
+        stage1={"backbone": TINY},
+        accelerator="cpu",
+    )
+    ckpt = train_stage1(config)
+    dataset = get_dataset("folder", root=heldout, with_masks=True)
+    ours = evaluate_checkpoint(ckpt, dataset, image_size=SIZE, num_workers=0, progress=False)["scores"]
+
+    preds = tmp_path / "preds"
+    args = ["predict", "--ckpt", str(ckpt), "--input", str(heldout / "images"), "--output", str(preds)]
+    assert main([*args, "--image-size", str(SIZE)]) == 0
+    report = tmp_path / "eval.json"
+    assert (
+        main(["evaluate", "--pred", str(preds), "--gt", str(heldout / "masks"), "--json", str(report)]) == 0
+    )
+    (theirs,) = json.loads(report.read_text()).values()
+    for key in ("mae", "max_f", "s_measure"):
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-9), key
+
+
+def test_config_errors_name_the_file(data, tmp_path, capsys) -> None:
+    train, heldout = data
+    bad = _config(tmp_path / "bad.yaml", train, heldout, tmp_path / "out", stage3_epochs=1)
+    assert main(["pipeline", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "stage3_epochs" in err and "Traceback" not in err
+
+    no_out = tmp_path / "no_out.yaml"
+    no_out.write_text(yaml.safe_dump({"root": str(train)}))
+    assert main(["pipeline", "--config", str(no_out)]) == 2
+    assert "out" in capsys.readouterr().err
+
+    bad_eval = _config(tmp_path / "eval.yaml", train, heldout, tmp_path / "out", eval=[{"root": "x"}])
+    assert main(["pipeline", "--config", str(bad_eval)]) == 2
+    assert "eval[0]" in capsys.readouterr().err
+
+    assert main(["pipeline", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted(Path("configs/pipeline").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_pipeline_configs_load(path: Path) -> None:
+    from usod.commands.pipeline import load_config
+
+    config = load_config(path)
+    assert config.stage1_epochs > 0 and config.stage2_epochs > 0
+    assert config.stage1["backbone"]["weights"] == "bundled"
