@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--image-size", type=int, default=320)
     parser.add_argument("--stage1-epochs", type=int, default=2)
-    parser.add_argument("--stage2-epochs", type=int, default=6)
+    parser.add_argument("--stage2-epochs", type=int, default=5)
+    parser.add_argument("--stage2-image-size", type=int, default=224)
     parser.add_argument("--stage2-lr", type=float, default=0.005)
     parser.add_argument(
         "--ablation", nargs="+", default=["olr", "none", "spr"], choices=("none", "olr", "spr")
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         stage1_epochs=args.stage1_epochs,
         stage1={"backbone": backbone, "fuse_stride": 4},
         stage2_epochs=args.stage2_epochs,
+        stage2_image_size=args.stage2_image_size,
         stage2={"backbone": backbone, "lr": args.stage2_lr, "label_update": args.ablation[0]},
         eval=[{"name": "eval", "dataset": args.eval_dataset, "root": str(args.eval)}],
         accelerator="cpu",

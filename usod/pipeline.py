@@ -48,12 +48,14 @@ class PipelineConfig:
         dataset: Registered dataset name of the training images.
         root: Dataset root.
         split: Training split (``None``: default).
-        image_size: Network input size.
+        image_size: Network input size of stage 1 (and of stage 2 unless ``stage2_image_size`` is set).
         batch_size: Batch size of every step.
         num_workers: DataLoader workers.
         postprocess_workers: Processes for the CRF (0: in this process).
         stage1_epochs: CueExtractor epochs.
         stage1: Further :class:`CueExtractor` arguments (``backbone``, ``lr``, ``loss``...).
+        stage2_image_size: Network input size of stage 2 (``None``: ``image_size``); the pseudo labels are
+            stored at original size, so the stages need not agree.
         stage2_epochs: SaliencyDetector epochs; 0 stops the pipeline after the stage-1 labels.
         stage2: Further :class:`SaliencyDetector` arguments (``backbone``, ``label_update``, ``lr``...).
         postprocess: denseCRF / median filter settings for the pseudo labels.
@@ -75,6 +77,7 @@ class PipelineConfig:
     stage1_epochs: int = 8
     stage1: dict[str, Any] = field(default_factory=dict)
     stage2_epochs: int = 0
+    stage2_image_size: int | None = None
     stage2: dict[str, Any] = field(default_factory=dict)
     postprocess: PostProcessConfig = field(default_factory=PostProcessConfig)
     eval: list[dict[str, Any]] = field(default_factory=list)
@@ -102,7 +105,7 @@ def eval_name(entry: dict[str, Any]) -> str:
     return str(entry.get("name") or entry["dataset"])
 
 
-def _datamodule(config: PipelineConfig, pseudo_dir: Path | None = None) -> Any:
+def _datamodule(config: PipelineConfig, pseudo_dir: Path | None = None, stage: int = 1) -> Any:
     from usod.data.datamodules import get_datamodule
 
     # Resize only: stage 1 caches frozen-encoder features, and stage 2 flips by itself so that it can map
@@ -111,7 +114,7 @@ def _datamodule(config: PipelineConfig, pseudo_dir: Path | None = None) -> Any:
         config.dataset,
         root=config.root,
         split=config.split,
-        image_size=config.image_size,
+        image_size=config.stage2_image_size or config.image_size if stage == 2 else config.image_size,
         batch_size=config.batch_size,
         num_workers=config.num_workers,
         augment=False,
@@ -372,14 +375,14 @@ def train_stage2(config: PipelineConfig) -> Path:
     store = PseudoLabelStore(config.out / "labels")
     model = SaliencyDetector(**{"backbone": config.stage1.get("backbone"), **config.stage2})
     trainer = _trainer(config, config.stage2_epochs, "stage2", callbacks=[LabelRoundWriter(store)])
-    trainer.fit(model, datamodule=_datamodule(config, pseudo_dir=store.round_dir(LABEL_ROUND)))
+    trainer.fit(model, datamodule=_datamodule(config, pseudo_dir=store.round_dir(LABEL_ROUND), stage=2))
     _save_checkpoint(trainer, ckpt)
     return ckpt
 
 
 def write_stage2_predictions(config: PipelineConfig, ckpt: Path) -> Path:
     """Write the detector's predictions on the training images as the round ``stage2-pred``."""
-    dm = _datamodule(config)
+    dm = _datamodule(config, stage=2)
     dm.setup("predict")
     result = write_label_round(
         dm.predict_set,
@@ -490,7 +493,9 @@ def evaluate_stages(config: PipelineConfig) -> dict[str, dict[str, Any]]:
             results[f"{eval_name(entry)}/{stage}"] = evaluate_checkpoint(
                 ckpt,
                 dataset,
-                image_size=config.image_size,
+                image_size=config.stage2_image_size or config.image_size
+                if stage == "stage2"
+                else config.image_size,
                 batch_size=config.batch_size,
                 num_workers=config.num_workers,
                 device="cuda" if config.accelerator == "gpu" else "cpu",
