@@ -63,6 +63,15 @@ def test_crf_accepts_uint8_maps_and_hard_labels() -> None:
     assert _iou(dense_crf(image, binary, unary_confidence=0.7) > 0.5, truth) > 0.95
 
 
+def test_crf_accepts_read_only_images() -> None:
+    """Datasets may return read-only arrays; pydensecrf itself would reject them."""
+    image, prob, _ = _scene(seed=2)
+    frozen = image.copy()
+    frozen.flags.writeable = False
+    np.testing.assert_array_equal(dense_crf(frozen, prob), dense_crf(image, prob))
+    assert not frozen.flags.writeable
+
+
 def test_median_filter_removes_salt_noise() -> None:
     rng = np.random.default_rng(0)
     clean = np.zeros((40, 50), np.uint8)

@@ -37,7 +37,8 @@ def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
         raise ValueError(f"{name} must be HxWx3 RGB, got shape {image.shape}")
     if image.dtype != np.uint8:
         raise ValueError(f"{name} must be uint8, got {image.dtype}")
-    return np.ascontiguousarray(image)
+    # pydensecrf takes a writable buffer even though it only reads it (datasets may hand out read-only arrays)
+    return np.require(image, requirements=["C_CONTIGUOUS", "WRITEABLE"])
 
 
 def _check_prob(prob: np.ndarray, name: str = "probability map") -> np.ndarray:
