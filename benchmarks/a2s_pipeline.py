@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--image-size", type=int, default=320)
     parser.add_argument("--stage1-epochs", type=int, default=2)
-    parser.add_argument("--stage2-epochs", type=int, default=5)
-    parser.add_argument("--stage2-image-size", type=int, default=224)
+    parser.add_argument("--stage2-epochs", type=int, default=3)
+    parser.add_argument("--stage2-image-size", type=int, default=160)
     parser.add_argument("--stage2-lr", type=float, default=0.005)
     parser.add_argument(
         "--ablation", nargs="+", default=["olr", "none", "spr"], choices=("none", "olr", "spr")
