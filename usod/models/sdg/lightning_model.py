@@ -196,6 +196,7 @@ class SDGCaptionGuided(USODModule):
         self.val_caption_loss = MeanMetric()
         self.val_metrics = SODMetrics(weighted_f=False)
         self._val_has_mask = False
+        self._fix_untrained_modes()
 
     # ------------------------------------------------------------------ phases
     @property
@@ -223,15 +224,23 @@ class SDGCaptionGuided(USODModule):
             if getattr(module, "frozen", False):  # a backbone config asked for a frozen encoder
                 module.freeze()  # type: ignore[operator]
 
-    def train(self, mode: bool = True) -> SDGCaptionGuided:
-        """Set train/eval mode; branches the phase does not train stay in eval mode (no dropout, fixed
-        BatchNorm statistics)."""
-        super().train(mode)
-        if self.phase != "caption":
-            self.model.captioner.eval()
+    def _fix_untrained_modes(self) -> None:
+        """Keep the branch the phase does not train in eval mode (no dropout, fixed BatchNorm statistics)."""
         if self.phase == "caption":
             self.model.sod.eval()
+            self.model.fusion.eval()
+        else:
+            self.model.captioner.eval()
+
+    def train(self, mode: bool = True) -> SDGCaptionGuided:
+        """Set train/eval mode; the branch the phase does not train stays in eval mode."""
+        super().train(mode)
+        self._fix_untrained_modes()
         return self
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning keeps the modules' modes as they were when fitting started, so enforce them here too
+        self._fix_untrained_modes()
 
     def load_init_checkpoints(self, paths: Sequence[str | Path]) -> dict[str, int]:
         """Load the branch each checkpoint's phase trained (see the module docstring).
