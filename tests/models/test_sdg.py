@@ -391,14 +391,16 @@ def test_init_from_takes_each_phase_branch(tmp_path: Path) -> None:
     torch.manual_seed(1)
     caption = tiny_module("caption")
     sod = tiny_module("sod")
-    fused = tiny_module(
-        "fused", init_from=[str(_save(caption, tmp_path / "c.ckpt")), str(_save(sod, tmp_path / "s.ckpt"))]
-    )
-    # the captioner comes from the caption run, PVT-SOD from the sod run (its captioner is ignored)
+    c_path, s_path = _save(caption, tmp_path / "c.ckpt"), _save(sod, tmp_path / "s.ckpt")
+    assert torch.load(s_path, weights_only=True)["sdg_branches"] == ["sod"]
+    fused = tiny_module("fused", init_from=[str(c_path), str(s_path)])
+    # the captioner comes from the caption run, PVT-SOD from the sod run (its untrained captioner is ignored)
     assert fused.vocab.tokens == VOCAB
     before = {k: v.clone() for k, v in fused.state_dict().items()}
+    assert fused.trained_branches == {"sod", "fusion"}
     loaded = fused.load_init_checkpoints(fused.hparams.init_from)
-    assert list(loaded.values())[0] == len(caption.model.captioner.state_dict())
+    assert list(loaded.values()) == [["captioner"], ["sod"]]
+    assert fused.trained_branches == {"captioner", "sod", "fusion"}
     state = fused.state_dict()
     for key, value in caption.state_dict().items():
         if key.startswith("model.captioner."):
@@ -407,11 +409,23 @@ def test_init_from_takes_each_phase_branch(tmp_path: Path) -> None:
         if key.startswith("model.sod."):
             assert torch.equal(state[key], value), key
     assert all(torch.equal(state[k], before[k]) for k in state if k.startswith("model.fusion."))
+    # chained: a sod run started from the caption run carries its captioner on
+    chained = tiny_module("sod", init_from=str(c_path))
+    chained.load_init_checkpoints([c_path])
+    chained_path = _save(chained, tmp_path / "chained.ckpt")
+    assert torch.load(chained_path, weights_only=True)["sdg_branches"] == ["captioner", "sod"]
+    fused2 = tiny_module("fused")
+    assert list(fused2.load_init_checkpoints([chained_path]).values()) == [["captioner", "sod"]]
+    assert torch.equal(
+        fused2.state_dict()["model.captioner.embedding.words.weight"],
+        caption.state_dict()["model.captioner.embedding.words.weight"],
+    )
     # the vocabulary can come from init_from alone
-    assert tiny_module("fused", vocab=None, init_from=str(tmp_path / "c.ckpt")).vocab.tokens == VOCAB
+    assert tiny_module("fused", vocab=None, init_from=str(c_path)).vocab.tokens == VOCAB
     other = tiny_module("fused", vocab=VOCAB + ["zebra"])
     with pytest.raises(InvalidInputError, match="vocabulary"):
-        other.load_init_checkpoints([tmp_path / "c.ckpt"])
+        other.load_init_checkpoints([c_path])
+    other.load_init_checkpoints([s_path])  # PVT-SOD alone does not depend on the vocabulary
     with pytest.raises(FileNotFoundError):
         other.load_init_checkpoints([tmp_path / "none.ckpt"])
 
@@ -425,7 +439,7 @@ def test_training_steps_per_phase_and_supervision() -> None:
         trainer(max_steps=2, num_sanity_val_steps=0).fit(module, loader, DataLoader(samples, batch_size=2))
         preds = trainer().predict(module, DataLoader(samples, batch_size=2))
         assert preds[0]["saliency"].shape == (2, 1, SIZE, SIZE)
-        assert 0 <= float(preds[0]["saliency"].min()) and float(preds[0]["saliency"].max()) <= 1
+        assert float(preds[0]["saliency"].min()) >= 0 and float(preds[0]["saliency"].max()) <= 1
     no_caption = DataLoader(_samples(caption=False), batch_size=2)
     with pytest.raises(ValueError, match="caption"):
         trainer(max_steps=1).fit(tiny_module("caption"), no_caption)
@@ -457,3 +471,90 @@ def test_checkpoint_roundtrip_through_load_module(tmp_path: Path) -> None:
     assert isinstance(loaded, SDGCaptionGuided) and loaded.vocab == module.vocab
     images = torch.rand(1, 3, SIZE, SIZE)
     assert torch.allclose(loaded.predict_saliency(images), module.predict_saliency(images))
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _phase_config(tmp_path: Path, data: Path, phase: str, init_from: Path | None) -> Path:
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    config = yaml.safe_load((repo / "configs/experiment/sdg_synth.yaml").read_text())
+    config["model"]["init_args"].update(
+        {k: v for k, v in TINY.items() if k != "max_caption_length"},
+        phase=phase,
+        vocab=str(data / "captions.json"),
+        init_from=str(init_from) if init_from else None,
+        max_caption_length=40,
+    )
+    config["data"]["init_args"].update(root=str(data), image_size=SIZE, batch_size=3, num_workers=0)
+    config["trainer"].update(
+        max_epochs=1, default_root_dir=str(tmp_path / phase), enable_progress_bar=False, log_every_n_steps=1
+    )
+    path = tmp_path / f"{phase}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_cli_runs_the_three_phases_and_predicts_captions(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from usod.cli import main
+    from usod.data.synth import write_dataset
+
+    data = write_dataset(tmp_path / "data", "rgb", 6, size=(48, 48))
+    ckpt = None
+    states = {}
+    for phase in ("caption", "sod", "fused"):
+        main(["fit", "--config", str(_phase_config(tmp_path, data, phase, ckpt))])
+        found = sorted((tmp_path / phase).rglob("*.ckpt"))
+        assert found, f"phase {phase} left no checkpoint"
+        ckpt = found[-1]
+        saved = torch.load(ckpt, weights_only=True)
+        assert saved["hyper_parameters"]["phase"] == phase
+        states[phase] = saved["state_dict"]
+    # each phase trained its branch and carried the earlier ones on
+    key_c, key_s = "model.captioner.embedding.words.weight", "model.sod.decoder.head.weight"
+    assert torch.equal(states["fused"][key_c], states["caption"][key_c])
+    assert not torch.equal(states["sod"][key_s], states["caption"][key_s])
+    assert not torch.equal(states["fused"][key_s], states["sod"][key_s])
+    assert states["fused"]["model.fusion.xi.0.weight"].abs().sum() > 0
+    out = tmp_path / "pred"
+    args = ["predict", "--ckpt", str(ckpt), "--input", str(data / "images"), "--output", str(out)]
+    assert main([*args, "--num-workers", "0", "--captions"]) == 0
+    for image_path in sorted((data / "images").glob("*.jpg")):
+        stem = image_path.stem
+        assert Image.open(out / f"{stem}.png").size == (48, 48)
+        words = (out / f"{stem}.txt").read_text().split()
+        maps = sorted((out / f"{stem}_attn").glob("*.png"))
+        assert len(maps) == len(words) > 0  # one map per generated word
+        assert [m.stem.split("_", 1)[1] for m in maps] == [w.replace("'", "_") for w in words]
+        assert maps[0].stem.startswith("01_")
+        first = np.asarray(Image.open(maps[0]))
+        assert first.shape == (48, 48) and first.max() == 255
+
+
+def test_predict_captions_flag_errors_for_other_models(tmp_path: Path, capsys) -> None:
+    from usod.cli import main
+    from usod.models.cue_extractor import CueExtractor
+
+    module = CueExtractor(backbone={"name": "resnet18", "weights": "none"})
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "cue.ckpt")
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(images / "a.png")
+    args = [
+        "predict",
+        "--ckpt",
+        str(tmp_path / "cue.ckpt"),
+        "--input",
+        str(images),
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    assert main([*args, "--captions"]) == 2
+    assert "--captions needs a model that captions images; CueExtractor" in capsys.readouterr().err

@@ -67,7 +67,8 @@ class CaptionIndex:
     """
 
     def __init__(self, captions: Mapping[str, Sequence[str]], source: Path | None = None) -> None:
-        self.by_key = {str(k): list(v) for k, v in captions.items()}
+        # keys of one image share one list (captions() counts each image once)
+        self.by_key = {str(k): v if isinstance(v, list) else list(v) for k, v in captions.items()}
         self.source = source
 
     @classmethod

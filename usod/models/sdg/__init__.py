@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from usod.models.sdg.lightning_model import PHASES, SUPERVISIONS, SDGCaptionGuided, attention_png
+from usod.models.sdg.lightning_model import PHASES, SUPERVISIONS, SDGCaptionGuided
 from usod.models.sdg.loss import StructureLoss, structure_weights
 from usod.models.sdg.text import Vocabulary, read_coco_captions, tokenize
 from usod.models.sdg.torch_model import (
@@ -35,7 +35,6 @@ __all__ = [
     "StructureLoss",
     "TextualDecoder",
     "Vocabulary",
-    "attention_png",
     "guidance_map",
     "normalize_map",
     "read_coco_captions",

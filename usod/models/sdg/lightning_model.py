@@ -9,9 +9,11 @@ checkpoint through ``init_from``):
 3. ``"fused"``: caption every training image with the frozen captioner, fuse its word attention maps into
    every PVT level (eq. 3) and fine-tune PVT-SOD and the fusion layers with the structure loss.
 
-Every phase builds the whole network, so checkpoints of every phase have the same weights; ``init_from``
-takes from each checkpoint only the branch its phase trained (captioner from ``"caption"``, PVT-SOD from
-``"sod"``, everything from ``"fused"``), so the two branches can be trained in any order or in parallel.
+Every phase builds the whole network, so checkpoints of every phase have the same weights. A checkpoint
+records which branches it holds trained (``sdg_branches``: its phase's, plus those it was started from), and
+``init_from`` loads only those: a ``"sod"`` checkpoint started from a ``"caption"`` one carries both
+branches (chain the phases), while one started from scratch gives PVT-SOD only (train the two branches in
+parallel and pass both checkpoints: ``init_from: [caption.ckpt, sod.ckpt]``).
 
 Supervision of the saliency phases: ``supervision="pseudo"`` (default, usod's unsupervised setting) reads
 ``pseudo`` from the batch (a pseudo-label round attached with the datamodule's ``pseudo_dir``);
@@ -25,9 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
@@ -50,8 +52,11 @@ __all__ = ["PHASES", "SUPERVISIONS", "SDGCaptionGuided"]
 PHASES: tuple[str, ...] = ("caption", "sod", "fused")
 SUPERVISIONS: tuple[str, ...] = ("pseudo", "mask")
 _VAL_KEYS = ("max_f", "mean_f", "adp_f", "max_e", "mean_e", "adp_e", "s_measure")
-#: Which weights a checkpoint of each phase contributes to ``init_from``.
-_PHASE_PREFIXES = {"caption": ("model.captioner.",), "sod": ("model.sod.",), "fused": ("model.",)}
+#: Checkpoint key listing the branches a checkpoint holds trained.
+BRANCHES_KEY = "sdg_branches"
+_BRANCH_PREFIXES = {"captioner": "model.captioner.", "sod": "model.sod.", "fusion": "model.fusion."}
+#: Branches each phase trains.
+_PHASE_BRANCHES = {"caption": ("captioner",), "sod": ("sod",), "fused": ("sod", "fusion")}
 
 DEFAULT_BACKBONE: dict[str, Any] = {"name": "pvt_v2_b0", "weights": "none"}
 DEFAULT_CAPTION_BACKBONE: dict[str, Any] = {
@@ -192,6 +197,8 @@ class SDGCaptionGuided(USODModule):
         self.model = SDGSODModel(sod, captioner, levels=guidance_levels, mode=guidance_norm)
         self.loss_fn = StructureLoss(kernel=loss_kernel)
         self._set_trainable()
+        #: Branches holding trained weights: the phase's own and those loaded by ``init_from``.
+        self.trained_branches: set[str] = set(_PHASE_BRANCHES[phase])
         self.val_mae = MeanMetric()
         self.val_caption_loss = MeanMetric()
         self.val_metrics = SODMetrics(weighted_f=False)
@@ -242,13 +249,17 @@ class SDGCaptionGuided(USODModule):
         # Lightning keeps the modules' modes as they were when fitting started, so enforce them here too
         self._fix_untrained_modes()
 
-    def load_init_checkpoints(self, paths: Sequence[str | Path]) -> dict[str, int]:
-        """Load the branch each checkpoint's phase trained (see the module docstring).
+    def load_init_checkpoints(self, paths: Sequence[str | Path]) -> dict[str, list[str]]:
+        """Load the trained branches of earlier phases' checkpoints (see the module docstring).
+
+        A checkpoint lists the branches it holds trained (``sdg_branches``: those its phase trained plus those
+        it was itself initialised with); only those are loaded, later checkpoints over earlier ones.
 
         Returns:
-            ``path -> number of tensors loaded``.
+            ``path -> branches loaded``.
 
         Raises:
+            FileNotFoundError: A checkpoint does not exist.
             InvalidInputError: A checkpoint of another model, vocabulary or architecture.
         """
         own = self.state_dict()
@@ -257,24 +268,38 @@ class SDGCaptionGuided(USODModule):
             ckpt = _read_checkpoint(path)
             hparams = ckpt.get("hyper_parameters", {})
             phase = hparams.get("phase")
-            if phase not in _PHASE_PREFIXES:
+            if phase not in PHASES:
                 raise InvalidInputError(path, "not an SDGCaptionGuided checkpoint (no phase)")
-            if phase in ("caption", "fused") and list(hparams.get("vocab") or []) != self.vocab.tokens:
+            branches = [b for b in ckpt.get(BRANCHES_KEY, _PHASE_BRANCHES[phase]) if b in _BRANCH_PREFIXES]
+            if "captioner" in branches and list(hparams.get("vocab") or []) != self.vocab.tokens:
                 raise InvalidInputError(path, "its captioner was trained with another vocabulary")
-            prefixes = _PHASE_PREFIXES[phase]
+            prefixes = tuple(_BRANCH_PREFIXES[b] for b in branches)
             state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(prefixes)}
             bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
             if bad or not state:
                 problem = f"weights do not fit this model ({len(bad)} keys, e.g. {bad[:3]})"
-                raise InvalidInputError(path, problem if bad else "holds no weights of its phase's branch")
+                raise InvalidInputError(path, problem if bad else "holds no trained branch")
             self.load_state_dict(state, strict=False)
-            loaded[str(path)] = len(state)
+            self.trained_branches.update(branches)
+            loaded[str(path)] = branches
         return loaded
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.hparams.init_from:
             init = self.hparams.init_from
             self.load_init_checkpoints([init] if isinstance(init, (str, Path)) else list(init))
+        if stage == "fit" and self.guided and "captioner" not in self.trained_branches:
+            rank_zero_warn(
+                "SDGCaptionGuided phase 'fused' runs with an untrained captioner: set init_from to a "
+                "checkpoint of the caption phase (or of a later phase started from one)"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[BRANCHES_KEY] = sorted(self.trained_branches)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.trained_branches.update(checkpoint.get(BRANCHES_KEY, ()))
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -418,14 +443,3 @@ class SDGCaptionGuided(USODModule):
             {"params": [p for p in trainable if id(p) not in encoders], "lr": hp.lr},
         ]
         return torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.lr, weight_decay=hp.weight_decay)
-
-
-def attention_png(attention: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A word attention map as an HxW uint8 image at ``size`` (bilinear, scaled so that its peak is 255)."""
-    import cv2
-
-    a = np.asarray(attention, dtype=np.float32)
-    a = cv2.resize(a, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
-    peak = float(a.max())
-    a = a / peak if peak > 0 else a
-    return np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)
