@@ -114,6 +114,10 @@ def test_caption_datamodule_on_synthetic_data(tmp_path: Path) -> None:
     for sid, cap in zip(batch["id"], batch["caption"], strict=True):  # flips swap left and right
         assert cap in (truth[sid], swap_left_right(truth[sid]))
 
+    # hyper-parameters (saved in checkpoints) stay plain types, whatever paths were passed
+    assert all(isinstance(v, (str, int, float, bool, type(None), tuple, list)) for v in dm.hparams.values())
+    assert dm.hparams["root"] == str(root)
+
     none = CaptionDataModule(root=root, captions=None, image_size=32, num_workers=0)
     none.setup("fit")
     assert none.train_set[0]["caption"] == ""

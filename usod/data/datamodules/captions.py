@@ -67,6 +67,9 @@ class CaptionDataModule(SODDataModule):
         gpu_augment: bool = False,
         seed: int = 0,
     ) -> None:
+        # Plain strings: Lightning saves this frame's arguments too, and checkpoints must load with
+        # weights_only=True.
+        root, val_root, pseudo_dir = (None if p is None else str(p) for p in (root, val_root, pseudo_dir))
         super().__init__(
             dataset=dataset,
             root=root,
