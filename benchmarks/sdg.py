@@ -263,9 +263,7 @@ def print_table(summary: dict[str, Any], n_seeds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--work", type=Path, default=REPO / "benchmarks" / "_runs" / "sdg", help="scratch dir"
-    )
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "benchmarks" / "sdg", help="scratch dir")
     parser.add_argument("--data", type=Path, default=None, help="real training data (images/ + masks/)")
     parser.add_argument("--test-data", type=Path, default=None, help="real test data (default: --data)")
     parser.add_argument("--captions", default=None, help="COCO captions of --data")
