@@ -3,6 +3,10 @@
 Works with every usod module checkpoint (their ``predict_step`` returns ``{"id", "size", "saliency"}``).
 Maps are written as 8-bit PNGs at each image's original size, with the image's relative path and stem
 (video frames as ``frame_00000.png``...); ``--overlay`` also writes the map blended over the image.
+
+``--captions`` (models that caption images, e.g. ``SDGCaptionGuided``) also writes the generated caption as
+``<id>.txt`` and one word attention map per generated word as ``<id>_attn/<j>_<word>.png`` (``j`` from 01,
+the map resized to the image and scaled so that its peak is 255); other models stop with an error.
 """
 
 from __future__ import annotations
@@ -87,6 +91,17 @@ def overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.5) -> np.n
     return (image.astype(np.float32) * (1 - weight) + red * weight).round().astype(np.uint8)
 
 
+def attention_png(attention: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An attention map as an HxW uint8 image at ``size`` (bilinear, scaled so that its peak is 255)."""
+    import cv2
+
+    a = cv2.resize(
+        np.asarray(attention, np.float32), (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR
+    )
+    peak = float(a.max())
+    return np.clip(np.rint(a / peak * 255 if peak > 0 else a), 0, 255).astype(np.uint8)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint of any usod module")
     parser.add_argument("--input", required=True, type=Path, help="folder of images or a video file")
@@ -99,6 +114,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--crf", action="store_true", help="denseCRF + median filter (A2S eq. 6) on each map")
     parser.add_argument("--overlay", action="store_true", help="also write OUTPUT/overlay/<id>.jpg")
+    parser.add_argument(
+        "--captions",
+        action="store_true",
+        help="captioning models only: also write <id>.txt and <id>_attn/<j>_<word>.png word attention maps",
+    )
 
 
 def _device(name: str) -> torch.device:
@@ -115,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.input.exists():
         raise FileNotFoundError(f"{args.input}: input not found")
     model = load_module(args.ckpt)
+    if args.captions and not callable(getattr(model, "describe", None)):
+        raise InvalidInputError(
+            args.ckpt, f"--captions needs a model that captions images; {type(model).__name__} does not"
+        )
     device = _device(args.device)
     model.to(device)
     size = args.image_size or trained_image_size(args.ckpt) or 320
@@ -140,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         for batch in tqdm(loader, desc="predict", unit="batch", total=len(loader)):
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             saliency = model.predict_step(batch, 0)["saliency"].float()
+            described = model.describe(batch["image"]) if args.captions else None
             for i, sample_id in enumerate(batch["id"]):
                 h, w = (int(s) for s in batch["size"][i])
                 prob = F.interpolate(saliency[i : i + 1], size=(h, w), mode="bilinear", align_corners=False)
@@ -163,9 +188,24 @@ def run(args: argparse.Namespace) -> int:
                     out = args.output / "overlay" / f"{sample_id}.jpg"
                     out.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(overlay(image, label)).save(out, quality=90)
+                if described is not None:
+                    _write_caption(args.output, sample_id, described[i], (h, w))
                 written += 1
     print(f"wrote {written} saliency maps to {args.output}")
     return 0
+
+
+def _write_caption(output: Path, sample_id: str, described: dict[str, Any], size: tuple[int, int]) -> None:
+    """``<id>.txt`` with the caption and ``<id>_attn/<j>_<word>.png`` per generated word."""
+    import re
+
+    text = output / f"{sample_id}.txt"
+    text.parent.mkdir(parents=True, exist_ok=True)
+    text.write_text(described["caption"] + "\n", encoding="utf-8")
+    folder = output / f"{sample_id}_attn"
+    for j, (word, attention) in enumerate(zip(described["words"], described["maps"], strict=True), start=1):
+        name = re.sub(r"[^A-Za-z0-9]+", "_", word).strip("_") or "token"
+        write_png_atomic(folder / f"{j:02d}_{name}.png", attention_png(attention, size))
 
 
 def _to_uint8(batch: dict[str, Any], index: int, height: int, width: int) -> np.ndarray:

@@ -10,7 +10,8 @@ label) with albumentations, colour augmentation to the RGB image alone, and conv
   pretrained RGB encoder, as in seed 000's modality-agnostic design);
 * ``thermal`` / ``flow``: float32 3xHxW in [0, 1];
 * ``mask`` / ``pseudo``: float32 1xHxW in [0, 1] (resized bilinearly: pseudo labels may be soft);
-* ``size``: int64 tensor ``[H, W]`` of the original image; ``id`` and the video keys pass through.
+* ``size``: int64 tensor ``[H, W]`` of the original image; ``id``, ``caption`` and the video keys pass
+  through.
 
 Optical flow is not flipped: a mirrored colour-coded flow image would encode the wrong direction, so the
 training transform disables horizontal flips for samples that carry ``flow``.
@@ -28,7 +29,7 @@ import torch
 
 IMAGE_KEYS = ("image", "depth", "thermal", "flow")
 LABEL_KEYS = ("mask", "pseudo")
-PASSTHROUGH_KEYS = ("id", "sequence", "frame")
+PASSTHROUGH_KEYS = ("id", "sequence", "frame", "caption")
 
 
 def _size_tuple(size: int | Sequence[int]) -> tuple[int, int]:
