@@ -23,6 +23,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("evaluate",): ("usod.commands.evaluate", "score saliency maps against ground truth"),
     ("label",): ("usod.commands.label", "write a round of pseudo labels for a dataset with a checkpoint"),
     ("demo",): ("usod.commands.demo", "run the unsupervised pipeline on the embedded synthetic data"),
+    ("handcrafted",): (
+        "usod.commands.handcrafted",
+        "handcrafted saliency maps (RBD, MC, DSR, MR) for a folder",
+    ),
 }
 FOLDER_PREDICT = ("usod.commands.predict", "predict saliency maps for a folder of images or a video file")
 
