@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from usod.models.base import USODModule
 from usod.models.cue_extractor import CueExtractor
+from usod.models.deepusps import DeepUSPSRefiner
 from usod.models.saliency_detector import SaliencyDetector
 
 #: Short name -> LightningModule class.
 MODELS: dict[str, type[USODModule]] = {
     "cue_extractor": CueExtractor,
+    "deepusps_refiner": DeepUSPSRefiner,
     "saliency_detector": SaliencyDetector,
 }
