@@ -178,6 +178,17 @@ def test_training_step_updates_the_mva_in_the_image_orientation() -> None:
             assert not torch.allclose(got, on_flipped[i, 0], atol=0.02)
 
 
+def test_mva_start_epoch_keeps_early_epochs_out() -> None:
+    module = DeepUSPSRefiner(backbone=BACKBONE, channels=16, crf=None, mva_start_epoch=1)
+    module.training_step(_batch(), 0)  # epoch 0 (no trainer)
+    module.on_train_epoch_end()
+    assert module.export_mva() == {}
+    with pytest.raises(ValueError):
+        DeepUSPSRefiner(backbone=BACKBONE, mva_start_epoch=-1)
+    with pytest.raises(ValueError, match="mva_start_epoch"):
+        DeepUSPSConfig(out=Path("unused"), epochs=2, refiner={"mva_start_epoch": 2})
+
+
 def test_targets_must_match_num_targets() -> None:
     module = DeepUSPSRefiner(backbone=BACKBONE, channels=16, num_targets=2, mva=False)
     with pytest.raises(ValueError, match="Bx2xHxW"):

@@ -109,6 +109,12 @@ class DeepUSPSConfig:
             raise ValueError("DeepUSPS needs at least one handcrafted method")
         if self.rounds < 0 or self.epochs < 1 or self.fusion_epochs < 1:
             raise ValueError("rounds must be >= 0 and epochs, fusion_epochs >= 1")
+        start = int(self.refiner.get("mva_start_epoch", 0))
+        if start >= self.epochs:
+            raise ValueError(
+                f"refiner mva_start_epoch ({start}) must be < epochs ({self.epochs}), or no moving "
+                "average would be accumulated"
+            )
 
     @property
     def store_root(self) -> Path:

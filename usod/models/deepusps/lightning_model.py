@@ -79,6 +79,9 @@ class DeepUSPSRefiner(USODModule):
         adaptive_factor: The ``1.5`` of ``gamma = 1.5 mu``.
         mva: Accumulate the CRF'd moving averages during training.
         mva_alpha: ``alpha`` of the moving average (0.7).
+        mva_start_epoch: First (0-based) epoch whose predictions enter the average. The paper starts at once
+            (0) and trains 25 epochs, after which the first epochs weigh little (``0.7^24``); with a few
+            epochs, starting later keeps the untrained network's first maps out of the labels.
         crf: Dense CRF settings for the moving averages (:func:`usod.ops.crf.dense_crf` arguments; missing
             keys from :data:`DEFAULT_MVA_CRF`), or ``None`` to average the raw predictions (the paper's
             "No CRF" ablation).
@@ -99,6 +102,7 @@ class DeepUSPSRefiner(USODModule):
         adaptive_factor: float = 1.5,
         mva: bool = True,
         mva_alpha: float = 0.7,
+        mva_start_epoch: int = 0,
         crf: dict[str, Any] | None = DEFAULT_MVA_CRF,  # noqa: B006 - read only
         hflip: bool = True,
         lr: float = 1e-3,
@@ -112,6 +116,8 @@ class DeepUSPSRefiner(USODModule):
             raise ValueError(f"num_targets must be >= 1, got {num_targets}")
         if not 0.0 <= mva_alpha < 1.0:
             raise ValueError(f"mva_alpha must be in [0, 1), got {mva_alpha}")
+        if mva_start_epoch < 0:
+            raise ValueError(f"mva_start_epoch must be >= 0, got {mva_start_epoch}")
         if target_threshold is not None and not 0.0 <= target_threshold < 1.0:
             raise ValueError(f"target_threshold must be None or in [0, 1), got {target_threshold}")
         if adaptive_factor <= 0:
@@ -212,7 +218,7 @@ class DeepUSPSRefiner(USODModule):
         probs = torch.sigmoid(self.model(views))
         loss = self.loss_fn(probs, target_v)
         self.log("train_loss", loss, prog_bar=True, batch_size=b)
-        if self.hparams.mva:
+        if self.hparams.mva and self.current_epoch >= self.hparams.mva_start_epoch:
             ids = batch.get("id")
             if ids is None or len(ids) != b:
                 raise ValueError("the moving averages need batch['id'] (one sample id per image)")
