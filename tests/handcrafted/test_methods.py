@@ -250,11 +250,12 @@ def test_speed_of_a_400x300_image(name: str) -> None:
     fn = HANDCRAFTED[name]
     fn(image)  # warm-up (imports, caches)
     best = min(_timed(fn, image) for _ in range(2))
-    # The target is well under a second on one core; the bound leaves room for a shared CI machine.
-    assert best < 2.0, f"{name}: {best:.2f} s"
+    # CPU time, not wall time: a shared machine's load must not fail the test. The target is well under a
+    # second on one core (about 0.1-0.4 s measured); the bound leaves room for slower CPUs.
+    assert best < 1.5, f"{name}: {best:.2f} s of CPU time"
 
 
 def _timed(fn, image) -> float:  # noqa: ANN001
-    start = time.perf_counter()
+    start = time.process_time()
     fn(image)
-    return time.perf_counter() - start
+    return time.process_time() - start
