@@ -24,6 +24,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("label",): ("usod.commands.label", "write a round of pseudo labels for a dataset with a checkpoint"),
     ("pipeline",): ("usod.commands.pipeline", "stage 1, pseudo labels, stage 2 and evaluation from a YAML"),
     ("demo",): ("usod.commands.demo", "run the unsupervised pipeline on the embedded synthetic data"),
+    ("handcrafted",): (
+        "usod.commands.handcrafted",
+        "handcrafted saliency maps (RBD, MC, DSR, MR) for a folder",
+    ),
 }
 FOLDER_PREDICT = ("usod.commands.predict", "predict saliency maps for a folder of images or a video file")
 

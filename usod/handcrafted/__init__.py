@@ -1,0 +1,169 @@
+"""Handcrafted unsupervised saliency methods over SLIC superpixels, and a parallel folder runner.
+
+Each method is a function ``image (HxWx3 uint8 RGB) -> saliency (HxW float32 in [0, 1])`` registered in
+:data:`HANDCRAFTED`; their docstrings cite the paper and list where they deviate from it. DeepUSPS
+(:mod:`usod.models.deepusps`) refines their maps. :func:`run_files` and :func:`run_folder` compute a
+method over many images in worker processes and write 8-bit PNGs atomically (``usod handcrafted`` on the
+command line).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from usod.handcrafted.dsr import dsr
+from usod.handcrafted.mc import mc
+from usod.handcrafted.mr import manifold_ranking
+from usod.handcrafted.rbd import rbd
+from usod.handcrafted.superpixels import SuperpixelGraph, superpixel_graph
+
+__all__ = [
+    "HANDCRAFTED",
+    "SuperpixelGraph",
+    "dsr",
+    "get_method",
+    "manifold_ranking",
+    "mc",
+    "rbd",
+    "run_files",
+    "run_folder",
+    "saliency",
+    "superpixel_graph",
+]
+
+#: Method name -> ``fn(image, **options) -> HxW float32 saliency in [0, 1]``.
+HANDCRAFTED: dict[str, Callable[..., np.ndarray]] = {
+    "rbd": rbd,
+    "mc": mc,
+    "dsr": dsr,
+    "mr": manifold_ranking,
+}
+
+
+def get_method(name: str) -> Callable[..., np.ndarray]:
+    """The registered method ``name`` (case-insensitive)."""
+    try:
+        return HANDCRAFTED[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown handcrafted method {name!r}; choose from {sorted(HANDCRAFTED)}") from None
+
+
+def saliency(name: str, image: np.ndarray, **options: Any) -> np.ndarray:
+    """Run method ``name`` on one RGB image; returns HxW float32 in [0, 1]."""
+    return get_method(name)(image, **options)
+
+
+def _run_one(task: tuple[str, str, str, dict[str, Any]]) -> str:
+    from usod.data.io import read_image
+    from usod.labels.store import write_png_atomic
+
+    name, image_path, out_path, options = task
+    image = read_image(image_path)
+    sal = saliency(name, image, **options)
+    write_png_atomic(out_path, np.rint(np.clip(sal, 0.0, 1.0) * 255.0).astype(np.uint8))
+    return out_path
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one image per process; more threads would oversubscribe the cores
+
+
+def run_files(
+    name: str,
+    tasks: Sequence[tuple[str | Path, str | Path]],
+    *,
+    workers: int = 0,
+    options: dict[str, Any] | None = None,
+    skip_existing: bool = False,
+    progress: bool = False,
+    chunksize: int = 4,
+) -> list[Path]:
+    """Compute method ``name`` for ``(image_path, out_png_path)`` pairs, writing each map atomically.
+
+    Args:
+        name: Registered method.
+        tasks: Image and output paths (output folders are created).
+        workers: Worker processes (``forkserver``, one image at a time each); 0 runs in this process.
+        options: Keyword arguments of the method.
+        skip_existing: Leave existing outputs alone (resume an interrupted run).
+        progress: Show a tqdm progress bar.
+        chunksize: Images per inter-process message.
+
+    Returns:
+        The written paths, in input order (skipped ones excluded).
+    """
+    get_method(name)
+    jobs = [
+        (name, str(image), str(out), dict(options or {}))
+        for image, out in tasks
+        if not (skip_existing and Path(out).is_file())
+    ]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=name, unit="img")
+    written: list[Path] = []
+    try:
+        if workers <= 0 or len(jobs) <= 1:
+            for job in jobs:
+                written.append(Path(_run_one(job)))
+                if bar is not None:
+                    bar.update(1)
+            return written
+        # Not "fork": the caller may hold torch threads that a forked child would inherit broken.
+        ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+        with concurrent.futures.ProcessPoolExecutor(
+            min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker
+        ) as pool:
+            for out in pool.map(_run_one, jobs, chunksize=max(1, chunksize)):
+                written.append(Path(out))
+                if bar is not None:
+                    bar.update(1)
+        return written
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def run_folder(
+    name: str,
+    input_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    workers: int = 0,
+    options: dict[str, Any] | None = None,
+    skip_existing: bool = False,
+    progress: bool = False,
+) -> list[Path]:
+    """Compute method ``name`` for every image under ``input_dir`` (recursively) into ``output_dir``.
+
+    Maps keep each image's relative path and stem: ``input/a/b.jpg`` -> ``output/a/b.png``.
+
+    Raises:
+        FileNotFoundError: ``input_dir`` does not exist.
+        InvalidInputError: It holds no image.
+    """
+    from usod.data.io import IMAGE_EXTENSIONS, InvalidInputError
+
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not input_dir.is_dir():
+        raise FileNotFoundError(f"{input_dir}: input folder not found")
+    images = sorted(
+        p for p in input_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
+    if not images:
+        raise InvalidInputError(input_dir, f"no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    tasks = [(p, output_dir / p.relative_to(input_dir).with_suffix(".png")) for p in images]
+    return run_files(
+        name, tasks, workers=workers, options=options, skip_existing=skip_existing, progress=progress
+    )

@@ -1,0 +1,343 @@
+"""The DeepUSPS pipeline as resumable steps in one output folder.
+
+Steps, each skipped when its output exists (an interrupted run resumes where it stopped):
+
+1. **handcrafted**: every method of ``methods`` (:data:`usod.handcrafted.HANDCRAFTED`) over the training
+   images, in worker processes, into the pseudo-label round ``hc-<method>`` (maps that exist are kept);
+2. **refinement** of each method, round ``k = 0 .. rounds``: a freshly initialised
+   :class:`~usod.models.deepusps.DeepUSPSRefiner` trained on ``hc-<method>`` binarised at 1.5 x each map's
+   mean (``k = 0``, inter-image consistency) or on the previous round's moving averages binarised at 0.5
+   (``k >= 1``, self-supervision, with the learning rate multiplied by ``lr_growth`` each round as in the
+   paper). Its moving averages become the round ``<method>-r<k>-mva`` and the checkpoint
+   ``OUT/refine/<method>-r<k>.ckpt``; with ``write_predictions`` the network's own maps are written too
+   (``<method>-r<k>-pred``);
+3. **fusion**: one network trained on the last moving averages of every method with the mean of the
+   per-method ``L_beta`` -> ``OUT/fused.ckpt`` (usable by ``usod predict``) and its maps ``fused-pred``;
+4. **report**: when the dataset has ground truth, every round is scored (pseudo-label quality on the
+   training images, as in the paper's Fig. 6) -> ``OUT/report.json``.
+
+Every round lives in the store ``OUT/labels`` (see :class:`~usod.labels.PseudoLabelStore`), so each can be
+inspected (``usod evaluate --pred OUT/labels/rounds/<round>``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FUSED_ROUND = "fused-pred"
+
+
+def handcrafted_round(method: str) -> str:
+    """Store round of a method's raw handcrafted maps."""
+    return f"hc-{method}"
+
+
+def mva_round(method: str, k: int) -> str:
+    """Store round of the moving averages of refinement round ``k``."""
+    return f"{method}-r{k}-mva"
+
+
+def pred_round(method: str, k: int) -> str:
+    """Store round of the network maps of refinement round ``k``."""
+    return f"{method}-r{k}-pred"
+
+
+@dataclass
+class DeepUSPSConfig:
+    """Settings of :func:`run_deepusps`.
+
+    Attributes:
+        out: Output folder (``labels/``, ``refine/``, ``fused.ckpt``, ``report.json``, ``logs/``).
+        dataset: Registered RGB dataset name of the training images.
+        root: Dataset root.
+        split: Training split (``None``: default).
+        methods: Handcrafted methods to refine.
+        handcrafted_workers: Processes computing the handcrafted maps.
+        handcrafted_options: Per-method keyword arguments, ``{method: {...}}``.
+        rounds: Self-supervision iterations after the inter-image-consistency round (paper: 2).
+        epochs: Epochs of every refinement round (paper: 25).
+        fusion_epochs: Epochs of the fusion network (paper: 200).
+        image_size: Network input size.
+        batch_size: Batch size.
+        num_workers: DataLoader workers.
+        refiner: Further :class:`DeepUSPSRefiner` arguments of the refinement networks (``backbone``, ``lr``,
+            ``crf``...).
+        fusion: Further :class:`DeepUSPSRefiner` arguments of the fusion network (defaults to ``refiner``'s
+            backbone, channels and learning rate).
+        lr_growth: Learning-rate factor per self-supervision round (paper: 2).
+        write_predictions: Also write the network maps of every refinement round.
+        accelerator: Lightning accelerator.
+        seed: Global seed.
+    """
+
+    out: Path
+    dataset: str = "folder"
+    root: Path = Path("data/synth/rgb")
+    split: str | None = None
+    methods: tuple[str, ...] = ("rbd", "mc", "dsr", "mr")
+    handcrafted_workers: int = 2
+    handcrafted_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rounds: int = 2
+    epochs: int = 10
+    fusion_epochs: int = 20
+    image_size: int = 224
+    batch_size: int = 16
+    num_workers: int = 2
+    refiner: dict[str, Any] = field(default_factory=dict)
+    fusion: dict[str, Any] = field(default_factory=dict)
+    lr_growth: float = 2.0
+    write_predictions: bool = True
+    accelerator: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from usod.handcrafted import get_method
+
+        self.out = Path(self.out)
+        self.root = Path(self.root)
+        self.methods = tuple(m.lower() for m in self.methods)
+        for method in self.methods:
+            get_method(method)
+        if not self.methods:
+            raise ValueError("DeepUSPS needs at least one handcrafted method")
+        if self.rounds < 0 or self.epochs < 1 or self.fusion_epochs < 1:
+            raise ValueError("rounds must be >= 0 and epochs, fusion_epochs >= 1")
+        start = int(self.refiner.get("mva_start_epoch", 0))
+        if start >= self.epochs:
+            raise ValueError(
+                f"refiner mva_start_epoch ({start}) must be < epochs ({self.epochs}), or no moving "
+                "average would be accumulated"
+            )
+
+    @property
+    def store_root(self) -> Path:
+        """The pseudo-label store."""
+        return self.out / "labels"
+
+    def refine_ckpt(self, method: str, k: int) -> Path:
+        """Checkpoint of refinement round ``k`` of ``method``."""
+        return self.out / "refine" / f"{method}-r{k}.ckpt"
+
+    @property
+    def fused_ckpt(self) -> Path:
+        """Checkpoint of the fusion network."""
+        return self.out / "fused.ckpt"
+
+
+def _datamodule(config: DeepUSPSConfig, label_dirs: list[str] | None = None) -> Any:
+    from usod.models.deepusps.data import StackedLabelDataModule
+
+    return StackedLabelDataModule(
+        label_dirs=label_dirs or [],
+        dataset=config.dataset,
+        root=config.root,
+        split=config.split,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        seed=config.seed,
+    )
+
+
+def _predict_set(config: DeepUSPSConfig) -> Any:
+    dm = _datamodule(config)
+    dm.setup("predict")
+    return dm.predict_set
+
+
+def _round_done(store: Any, name: str, ids: list[str]) -> bool:
+    entry = next((r for r in store.rounds() if r["name"] == name), None)
+    return bool(entry and entry.get("complete")) and not (set(ids) - store.finished_ids(name))
+
+
+def write_handcrafted(config: DeepUSPSConfig, method: str, store: Any, dataset: Any) -> int:
+    """Compute ``method`` for every training image into round ``hc-<method>``; returns maps written."""
+    from usod.handcrafted import run_files
+
+    name = handcrafted_round(method)
+    ids = [f.id for f in dataset.files]
+    if _round_done(store, name, ids):
+        return 0
+    options = dict(config.handcrafted_options.get(method, {}))
+    store.begin_round(name, {"producer": "handcrafted", "method": method, "options": options})
+    tasks = [(f.image, store.label_path(name, f.id)) for f in dataset.files]
+    written = run_files(
+        method, tasks, workers=config.handcrafted_workers, options=options, skip_existing=True, progress=True
+    )
+    store.complete_round(name, expected_ids=ids)
+    return len(written)
+
+
+def _trainer(config: DeepUSPSConfig, max_epochs: int, name: str, callbacks: list[Any]) -> Any:
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import CSVLogger
+
+    return pl.Trainer(
+        accelerator=config.accelerator,
+        devices=1,
+        max_epochs=max_epochs,
+        logger=CSVLogger(config.out / "logs", name=name),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=5,
+        callbacks=callbacks,
+    )
+
+
+def train_refinement_round(
+    config: DeepUSPSConfig, method: str, k: int, store: Any, ids: list[str]
+) -> tuple[Path, bool]:
+    """Train round ``k`` of ``method`` unless its checkpoint and moving averages exist.
+
+    Returns:
+        The checkpoint, and whether it was trained now (False: resumed).
+    """
+    from usod.models.deepusps.lightning_model import DeepUSPSRefiner, MVARoundWriter
+    from usod.pipeline import _save_checkpoint
+
+    ckpt = config.refine_ckpt(method, k)
+    target = mva_round(method, k)
+    if ckpt.is_file() and _round_done(store, target, ids):
+        log.info("deepusps: %s exists, skipping %s round %d", ckpt, method, k)
+        return ckpt, False
+    source = handcrafted_round(method) if k == 0 else mva_round(method, k - 1)
+    kwargs: dict[str, Any] = dict(config.refiner)
+    kwargs["lr"] = float(kwargs.get("lr", 1e-3)) * config.lr_growth**k
+    kwargs.update(num_targets=1, mva=True, target_threshold=None if k == 0 else 0.5)
+    model = DeepUSPSRefiner(**kwargs)
+    writer = MVARoundWriter(
+        store, target, meta={"method": method, "round": k, "from": source}, expected_ids=ids
+    )
+    trainer = _trainer(config, config.epochs, f"{method}-r{k}", [writer])
+    trainer.fit(model, datamodule=_datamodule(config, [str(store.round_dir(source))]))
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    _save_checkpoint(trainer, ckpt)  # after the MVA round: a checkpoint means the round is complete
+    return ckpt, True
+
+
+def train_fusion(config: DeepUSPSConfig, store: Any) -> tuple[Path, bool]:
+    """Train the fusion network on every method's last moving averages unless ``fused.ckpt`` exists.
+
+    Returns:
+        The checkpoint, and whether it was trained now.
+    """
+    from usod.models.deepusps.lightning_model import DeepUSPSRefiner
+    from usod.pipeline import _save_checkpoint
+
+    ckpt = config.fused_ckpt
+    if ckpt.is_file():
+        log.info("deepusps: %s exists, skipping fusion", ckpt)
+        return ckpt, False
+    dirs = [str(store.round_dir(mva_round(m, config.rounds))) for m in config.methods]
+    base = {
+        k: v for k, v in config.refiner.items() if k in ("backbone", "channels", "lr", "encoder_lr_ratio")
+    }
+    kwargs = {**base, **config.fusion, "num_targets": len(dirs), "mva": False, "target_threshold": 0.5}
+    model = DeepUSPSRefiner(**kwargs)
+    trainer = _trainer(config, config.fusion_epochs, "fusion", [])
+    trainer.fit(model, datamodule=_datamodule(config, dirs))
+    _save_checkpoint(trainer, ckpt)
+    return ckpt, True
+
+
+def _write_predictions(
+    config: DeepUSPSConfig, dataset: Any, ckpt: Path, store: Any, name: str, overwrite: bool
+) -> None:
+    """The network maps of ``ckpt`` as round ``name`` (resumable; ``overwrite`` after retraining)."""
+    from usod.pipeline import write_label_round
+
+    write_label_round(
+        dataset,
+        ckpt,
+        store,
+        name,
+        None,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        accelerator=config.accelerator,
+        overwrite=overwrite,
+        progress=False,
+    )
+
+
+def score_rounds(config: DeepUSPSConfig, names: list[str]) -> dict[str, dict[str, float]]:
+    """Scores of store rounds against the training images' ground truth (empty without ground truth)."""
+    from usod.pipeline import PipelineConfig, score_round
+
+    adapter = PipelineConfig(out=config.out, dataset=config.dataset, root=config.root, split=config.split)
+    scores = {}
+    for name in names:
+        result = score_round(adapter, name)
+        if result is None:
+            return {}
+        scores[name] = result["scores"]
+    return scores
+
+
+def round_names(config: DeepUSPSConfig) -> list[str]:
+    """Every round the pipeline writes, in order."""
+    names = []
+    for method in config.methods:
+        names.append(handcrafted_round(method))
+        for k in range(config.rounds + 1):
+            names.append(mva_round(method, k))
+            if config.write_predictions:
+                names.append(pred_round(method, k))
+    return [*names, FUSED_ROUND]
+
+
+def run_deepusps(config: DeepUSPSConfig) -> dict[str, Any]:
+    """Run every step (resuming finished ones); return ``{"config", "timings_s", "metrics"}``.
+
+    ``timings_s`` holds the seconds spent in this call per step (``hc-<method>``, ``<method>-r<k>``,
+    ``fusion``, ``report``); steps skipped on resume take about 0 s. The summary is also written to
+    ``OUT/report.json``.
+    """
+    import pytorch_lightning as pl
+
+    from usod.labels import PseudoLabelStore
+
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    config.out.mkdir(parents=True, exist_ok=True)
+    store = PseudoLabelStore(config.store_root)
+    dataset = _predict_set(config)
+    ids = [f.id for f in dataset.files]
+    timings: dict[str, float] = {}
+
+    def timed(key: str, fn: Any, *args: Any) -> Any:
+        start = time.perf_counter()
+        result = fn(*args)
+        timings[key] = round(time.perf_counter() - start, 2)
+        return result
+
+    for method in config.methods:
+        timed(handcrafted_round(method), write_handcrafted, config, method, store, dataset)
+    for method in config.methods:
+        for k in range(config.rounds + 1):
+            pl.seed_everything(config.seed + k, workers=True, verbose=False)  # a fresh initialisation
+            ckpt, trained = timed(f"{method}-r{k}", train_refinement_round, config, method, k, store, ids)
+            if config.write_predictions:
+                name = pred_round(method, k)
+                timed(
+                    f"{method}-r{k}-predict", _write_predictions, config, dataset, ckpt, store, name, trained
+                )
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    fused, trained = timed("fusion", train_fusion, config, store)
+    timed("fusion-predict", _write_predictions, config, dataset, fused, store, FUSED_ROUND, trained)
+    metrics = timed("report", score_rounds, config, round_names(config))
+    summary = {
+        "config": json.loads(json.dumps(asdict(config), default=str)),
+        "timings_s": timings,
+        "metrics": metrics,
+    }
+    (config.out / "report.json").write_text(json.dumps(summary, indent=2))
+    return summary
