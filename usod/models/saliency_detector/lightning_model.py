@@ -559,8 +559,9 @@ class LabelRoundWriter(pl.Callback):
         self.written: list[str] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        is_detector = isinstance(pl_module, SaliencyDetector)
-        if stage == "fit" and is_detector and self.write not in pl_module.label_listeners:
+        # any module with a label bank and listeners (SaliencyDetector, AdapterTransfer)
+        has_labels = isinstance(getattr(pl_module, "label_listeners", None), list)
+        if stage == "fit" and has_labels and self.write not in pl_module.label_listeners:
             pl_module.label_listeners.append(self.write)
 
     def write(self, module: SaliencyDetector, epoch: int, updated_ids: list[str]) -> None:
@@ -571,7 +572,11 @@ class LabelRoundWriter(pl.Callback):
         rank, world = _dist_world()
         labels = module.export_labels(original_size=True)
         ids = sorted(labels)
-        meta = {"producer": "SaliencyDetector", "label_update": module.hparams.label_update, "epoch": epoch}
+        meta = {
+            "producer": type(module).__name__,
+            "label_update": module.hparams.label_update,
+            "epoch": epoch,
+        }
         self.store.begin_round(name, meta=meta, overwrite=True)
         for sid in ids[rank::world]:
             self.store.write(name, sid, labels[sid])
