@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from usod.models.adapter_transfer import AdapterTransfer
 from usod.models.base import USODModule
 from usod.models.cue_extractor import CueExtractor
 from usod.models.saliency_detector import SaliencyDetector
 
 #: Short name -> LightningModule class.
 MODELS: dict[str, type[USODModule]] = {
+    "adapter_transfer": AdapterTransfer,
     "cue_extractor": CueExtractor,
     "saliency_detector": SaliencyDetector,
 }

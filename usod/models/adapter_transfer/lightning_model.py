@@ -24,9 +24,10 @@ and ``usod label`` work with it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,12 +73,33 @@ def _rebuildable(hparams: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+@contextlib.contextmanager
+def _own_hyperparameters() -> Iterator[None]:
+    """Build a nested LightningModule with its own hyper-parameters.
+
+    While ``LightningCLI`` instantiates the model, Lightning hands the CLI's init arguments (those of the
+    AdapterTransfer) to *every* ``save_hyperparameters()`` call; the base built inside would record them
+    instead of its own. This clears that context for the block.
+    """
+    try:
+        from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # pragma: no cover - other Lightning versions
+        yield
+        return
+    token = _given_hyperparameters.set(None)
+    try:
+        yield
+    finally:
+        _given_hyperparameters.reset(token)
+
+
 def load_base(path: str | Path) -> tuple[USODModule, str, dict[str, Any]]:
     """Load a base checkpoint: the module, its class path and its rebuildable hyper-parameters."""
     from usod.data.io import InvalidInputError
     from usod.models.base import load_module
 
-    module = load_module(path)
+    with _own_hyperparameters():
+        module = load_module(path)
     if isinstance(module, AdapterTransfer):
         raise InvalidInputError(Path(path), "is already an adapted model; transfer from its base instead")
     class_path = f"{type(module).__module__}.{type(module).__qualname__}"
@@ -156,7 +178,8 @@ class AdapterTransfer(USODModule):
             cls = getattr(
                 importlib.import_module(base_class.rpartition(".")[0]), base_class.rpartition(".")[2]
             )
-            module = cls(**base_hparams)
+            with _own_hyperparameters():
+                module = cls(**base_hparams)
         from usod.models.cue_extractor import CueExtractor
         from usod.models.saliency_detector import SaliencyDetector
 
