@@ -7,6 +7,12 @@ Maps are written as 8-bit PNGs at each image's original size, with the image's r
 ``--captions`` (models that caption images, e.g. ``SDGCaptionGuided``) also writes the generated caption as
 ``<id>.txt`` and one word attention map per generated word as ``<id>_attn/<j>_<word>.png`` (``j`` from 01,
 the map resized to the image and scaled so that its peak is 255); other models stop with an error.
+
+Multimodal checkpoints (``aux_modality`` other than ``"none"``): a model that takes optical flow gets it
+computed with OpenCV between consecutive images of each folder of the input (each folder is one sequence,
+frames in name order), rendered with the colour wheel and cached in ``--flow-cache`` (default
+``OUTPUT/.usod_flow``); a depth or thermal model reads its auxiliary images from ``--aux-dir``, a folder
+mirroring the input (same relative paths and stems, any image extension).
 """
 
 from __future__ import annotations
@@ -27,17 +33,28 @@ from usod.data.transforms import EvalTransform
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
-class ImagePaths(Dataset):
-    """Every image under a folder (recursively), id = relative path without extension."""
+def _images_under(root: Path) -> list[Path]:
+    return sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
 
-    def __init__(self, root: Path, transform: EvalTransform) -> None:
+
+class ImagePaths(Dataset):
+    """Every image under a folder (recursively), id = relative path without extension.
+
+    ``aux`` (optional): ``(key, {id: path})``, the auxiliary image of every sample (``depth``, ``thermal``
+    or ``flow``), read like the datasets read them.
+    """
+
+    def __init__(
+        self, root: Path, transform: EvalTransform, aux: tuple[str, dict[str, Path]] | None = None
+    ) -> None:
         self.root = root
-        self.paths = sorted(
-            p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-        )
+        self.paths = _images_under(root)
         if not self.paths:
             raise InvalidInputError(root, f"no images ({', '.join(IMAGE_EXTENSIONS)}) found")
         self.transform = transform
+        self.aux = aux
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -46,7 +63,56 @@ class ImagePaths(Dataset):
         path = self.paths[index]
         image = read_image(path)
         sample_id = path.relative_to(self.root).with_suffix("").as_posix()
-        return self.transform({"image": image, "id": sample_id, "size": image.shape[:2]})
+        sample = {"image": image, "id": sample_id, "size": image.shape[:2]}
+        if self.aux is not None:
+            from usod.data import io
+
+            key, files = self.aux
+            read = {"depth": io.read_depth, "thermal": io.read_thermal}.get(key, read_image)
+            sample[key] = read(files[sample_id])
+        return self.transform(sample)
+
+
+def aux_inputs(
+    model: Any, root: Path, aux_dir: Path | None, flow_cache: Path
+) -> tuple[str, dict[str, Path]] | None:
+    """The auxiliary image of every image under ``root`` for a multimodal ``model`` (``None`` for RGB).
+
+    Raises:
+        InvalidInputError: The model needs ``--aux-dir`` and it is missing or lacks an image.
+    """
+    modality = str(getattr(model, "hparams", {}).get("aux_modality", "none"))
+    if modality == "none":
+        return None
+    ids = {p.relative_to(root).with_suffix("").as_posix(): p for p in _images_under(root)}
+    if modality == "flow" and aux_dir is None:
+        from usod.data.flow import cached_flow_images
+
+        out: dict[str, Path] = {}
+        by_folder: dict[Path, list[str]] = {}
+        for sample_id, path in ids.items():
+            by_folder.setdefault(path.parent, []).append(sample_id)
+        for folder, members in sorted(by_folder.items()):
+            members.sort(key=lambda i: ids[i].name)
+            if len(members) < 2:
+                raise InvalidInputError(folder, "optical flow needs at least 2 frames per folder")
+            rel = folder.relative_to(root)
+            flows = cached_flow_images([ids[i] for i in members], flow_cache / "dis" / rel)
+            out.update(zip(members, flows, strict=True))
+        return "flow", out
+    if aux_dir is None:
+        raise InvalidInputError(
+            root, f"the model takes a {modality} image beside each RGB image: pass --aux-dir (a folder "
+            "mirroring the input)"
+        )  # fmt: skip
+    found = {p.relative_to(aux_dir).with_suffix("").as_posix(): p for p in _images_under(aux_dir)}
+    missing = sorted(set(ids) - set(found))
+    if missing:
+        raise InvalidInputError(
+            aux_dir, f"no auxiliary image for {len(missing)} input(s), e.g. {missing[0]!r}"
+        )
+    key = "depth" if modality == "auto" else modality
+    return key, {i: found[i] for i in ids}
 
 
 class VideoFrames(IterableDataset):
@@ -109,6 +175,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-size", type=int, default=None, help="network input size (default: training's)"
     )
+    parser.add_argument(
+        "--aux-dir",
+        type=Path,
+        default=None,
+        help="depth/thermal (or flow) images mirroring --input, for multimodal checkpoints",
+    )
+    parser.add_argument(
+        "--flow-cache", type=Path, default=None, help="cache of computed flow (default OUTPUT/.usod_flow)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-workers", type=int, default=2, help="image-decoding workers")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -144,10 +219,16 @@ def run(args: argparse.Namespace) -> int:
     size = args.image_size or trained_image_size(args.ckpt) or 320
     transform = EvalTransform(size)
     if args.input.is_dir():
-        dataset: Dataset = ImagePaths(args.input, transform)
+        flow_cache = args.flow_cache or args.output / ".usod_flow"
+        aux = aux_inputs(model, args.input, args.aux_dir, flow_cache)
+        dataset: Dataset = ImagePaths(args.input, transform, aux)
         image_path = {p.relative_to(args.input).with_suffix("").as_posix(): p for p in dataset.paths}
         loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers)
     elif args.input.suffix.lower() in VIDEO_EXTENSIONS:
+        if str(getattr(model, "hparams", {}).get("aux_modality", "none")) != "none":
+            raise InvalidInputError(
+                args.input, "multimodal checkpoints need a folder of frames (video files are RGB only)"
+            )
         dataset = VideoFrames(args.input, transform)
         image_path = {}
         loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=0)

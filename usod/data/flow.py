@@ -6,13 +6,21 @@ Baker et al., "A Database and Evaluation Methodology for Optical Flow" (IJCV 201
 is yellow-green-ish, leftward cyan, upward violet), saturation encodes the magnitude relative to a maximum,
 and zero flow is white.
 
+:func:`cached_flow_images` computes the flow images of a sequence once (DIS or Farneback between consecutive
+frames) and caches them on disk; video datasets use it when a dataset ships no flow (``flow_source``).
+
 Flow arrays are ``HxWx2`` float32 ``(u, v)`` in pixels, ``u`` to the right and ``v`` downwards, giving for
 each pixel of the first frame where it moves to in the second.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -181,3 +189,86 @@ def compute_sequence_flows(frames: Sequence[np.ndarray], method: str = "dis") ->
     flows = [compute_flow(frames[t], frames[t + 1], method=method) for t in range(len(frames) - 1)]
     flows.append(flows[-1].copy())
     return flows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Flow images computed once per sequence and cached on disk
+
+#: Name of the default cache folder inside a (writable) dataset root.
+FLOW_CACHE_DIRNAME = ".usod_flow"
+_MANIFEST = "frames.json"
+
+
+def default_flow_cache(root: str | os.PathLike[str]) -> Path:
+    """Where flow images of the dataset at ``root`` are cached when no cache folder is given.
+
+    ``<root>/.usod_flow`` when the root is writable, else ``$XDG_CACHE_HOME/usod/flow/<hash of the root>``
+    (``~/.cache/...`` without ``XDG_CACHE_HOME``), so read-only datasets work too.
+    """
+    root = Path(root).expanduser().resolve()
+    if os.access(root, os.W_OK):
+        return root / FLOW_CACHE_DIRNAME
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "usod" / "flow" / hashlib.sha1(str(root).encode()).hexdigest()[:16]
+
+
+def _frame_record(path: Path) -> list[Any]:
+    st = path.stat()
+    return [path.name, int(st.st_size), int(st.st_mtime_ns)]
+
+
+def cached_flow_images(
+    frames: Sequence[str | os.PathLike[str]],
+    cache_dir: str | os.PathLike[str],
+    method: str = "dis",
+) -> list[Path]:
+    """Colour-wheel flow images of one sequence, computed once and cached.
+
+    Frame ``t`` gets the flow ``t -> t+1`` (the last frame repeats ``t-1 -> t``, see
+    :func:`compute_sequence_flows`), each rendered with :func:`flow_to_color` (per-frame normalisation, as
+    the precomputed flow images of video SOD releases) and written as ``<cache_dir>/<frame stem>.png``.
+    Every PNG is written atomically and the folder's ``frames.json`` (method, names, sizes and modification
+    times of the frames) last; a later call whose frames and method match it returns the cached files without
+    reading any frame, anything else recomputes the whole sequence. Concurrent callers (DDP ranks, workers)
+    may compute the same files twice but never expose a partial one.
+
+    Args:
+        frames: The sequence's frame files in temporal order (at least two).
+        cache_dir: Folder of this sequence's flow images (created).
+        method: ``"dis"`` or ``"farneback"`` (see :func:`compute_flow`).
+
+    Returns:
+        One PNG path per frame, in order.
+
+    Raises:
+        ValueError: Fewer than two frames, frames of different sizes, or an unknown method.
+        InvalidInputError: A frame cannot be read.
+    """
+    from usod.data.io import atomic_write_bytes, read_image, write_png_atomic
+
+    if method not in FLOW_METHODS:
+        raise ValueError(f"unknown flow method {method!r}; choose one of {FLOW_METHODS}")
+    paths = [Path(f) for f in frames]
+    if len(paths) < 2:
+        raise ValueError(f"a sequence needs at least 2 frames to compute flow, got {len(paths)}")
+    stems = [p.stem for p in paths]
+    if len(set(stems)) != len(stems):
+        raise ValueError(f"frames of one sequence must have distinct stems, got {stems}")
+    cache = Path(cache_dir)
+    outputs = [cache / f"{s}.png" for s in stems]
+    wanted = {"method": method, "frames": [_frame_record(p) for p in paths]}
+    manifest = cache / _MANIFEST
+    try:
+        if json.loads(manifest.read_text()) == wanted and all(o.is_file() for o in outputs):
+            return outputs
+    except (OSError, ValueError):
+        pass
+    images = [read_image(p) for p in paths]
+    for path, image in zip(paths, images, strict=True):
+        if image.shape != images[0].shape:
+            raise ValueError(f"{path}: frame size {image.shape[:2]} differs from {images[0].shape[:2]}")
+    flows = compute_sequence_flows(images, method=method)
+    for out, flow in zip(outputs, flows, strict=True):
+        write_png_atomic(out, flow_to_color(flow))
+    atomic_write_bytes(manifest, (json.dumps(wanted) + "\n").encode())
+    return outputs

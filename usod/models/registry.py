@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from usod.models.adapter_transfer import AdapterTransfer
 from usod.models.base import USODModule
 from usod.models.cue_extractor import CueExtractor
 from usod.models.deepusps import DeepUSPSRefiner
@@ -10,6 +11,7 @@ from usod.models.sdg import SDGCaptionGuided
 
 #: Short name -> LightningModule class.
 MODELS: dict[str, type[USODModule]] = {
+    "adapter_transfer": AdapterTransfer,
     "cue_extractor": CueExtractor,
     "deepusps_refiner": DeepUSPSRefiner,
     "saliency_detector": SaliencyDetector,

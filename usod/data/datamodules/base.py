@@ -56,6 +56,12 @@ class SODDataModule(pl.LightningDataModule):
             (required by frozen-encoder feature caching).
         crop_scale: area range of the random resized crop.
         with_flow: add optical flow for video datasets.
+        flow_source: where flow comes from with ``with_flow``: ``"auto"`` (default: the dataset's flow images
+            where a sequence has them, else computed once with OpenCV and cached), ``"files"`` (only the
+            dataset's, an error when missing) or ``"compute"`` (see ``VideoDataset``).
+        flow_cache: cache folder of computed flow (default ``<root>/.usod_flow``, or a user cache folder when
+            the root is read-only).
+        flow_method: ``"dis"`` or ``"farneback"`` for computed flow.
         skip_invalid: skip samples with missing counterpart files instead of raising.
         gpu_augment: augment training batches with kornia on the device (after transfer) instead of with
             albumentations in the workers; the workers then only resize.
@@ -85,6 +91,9 @@ class SODDataModule(pl.LightningDataModule):
         skip_invalid: bool = False,
         gpu_augment: bool = False,
         seed: int = 0,
+        flow_source: str = "auto",
+        flow_cache: str | Path | None = None,
+        flow_method: str = "dis",
     ) -> None:
         super().__init__()
         for name in (dataset, val_dataset or dataset):
@@ -99,7 +108,9 @@ class SODDataModule(pl.LightningDataModule):
         if predict_on not in ("train", "val"):
             raise ValueError(f"predict_on must be 'train' or 'val', got {predict_on!r}")
         # Plain strings in the saved hyper-parameters keep checkpoints loadable with weights_only=True.
-        root, val_root, pseudo_dir = (None if p is None else str(p) for p in (root, val_root, pseudo_dir))
+        root, val_root, pseudo_dir, flow_cache = (
+            None if p is None else str(p) for p in (root, val_root, pseudo_dir, flow_cache)
+        )
         self.save_hyperparameters()
         self.dataset_name = dataset
         self.root = Path(root)
@@ -116,6 +127,9 @@ class SODDataModule(pl.LightningDataModule):
         self.augment = augment
         self.crop_scale = tuple(crop_scale)
         self.with_flow = with_flow
+        self.flow_source = flow_source
+        self.flow_cache = flow_cache
+        self.flow_method = flow_method
         self.skip_invalid = skip_invalid
         self.gpu_augment = GPUAugmentation(crop_scale=self.crop_scale) if (gpu_augment and augment) else None
         self.seed = seed
@@ -125,7 +139,14 @@ class SODDataModule(pl.LightningDataModule):
 
     # -- datasets -------------------------------------------------------------------------------------------
     def _extra_kwargs(self) -> dict[str, Any]:
-        return {"with_flow": True} if self.with_flow else {}
+        if not self.with_flow:
+            return {}
+        return {
+            "with_flow": True,
+            "flow_source": self.flow_source,
+            "flow_cache": self.flow_cache,
+            "flow_method": self.flow_method,
+        }
 
     def train_transform(self) -> TrainTransform:
         if not self.augment or self.gpu_augment is not None:

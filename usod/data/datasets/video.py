@@ -5,19 +5,25 @@ Samples are single frames with ids ``"<sequence>/<frame>"`` (frame = file stem) 
 order for methods that use neighbouring frames. With ``with_flow=True`` a ``flow`` key holds the optical flow
 of each frame rendered as a colour-wheel image (HxWx3 uint8), read from the dataset's flow folder; a frame
 without a flow file is a missing counterpart (error, or skipped with ``skip_invalid``) - note that
-forward-flow releases often lack flow for the last frame of each sequence.
+forward-flow releases often lack flow for the last frame of each sequence. With ``flow_source="auto"`` a
+sequence whose flow folder is missing or incomplete gets flow computed once with OpenCV between consecutive
+frames (DIS or Farneback), rendered with the same colour wheel and cached (see
+:func:`usod.data.flow.cached_flow_images`); ``"compute"`` always uses computed flow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from usod.data.datasets.base import SampleFiles, SODDataset, index_folder, list_entries, natural_key
 from usod.data.io import LayoutError
 
-__all__ = ["DAVIS", "DAVSOD", "FBMS", "SegTrackV2", "VideoDataset"]
+__all__ = ["DAVIS", "DAVSOD", "FBMS", "FLOW_SOURCES", "SegTrackV2", "VideoDataset"]
+
+#: Where ``with_flow=True`` takes flow images from.
+FLOW_SOURCES: tuple[str, ...] = ("files", "auto", "compute")
 
 
 class VideoDataset(SODDataset):
@@ -31,7 +37,14 @@ class VideoDataset(SODDataset):
         transform: Callable applied to each sample dict.
         skip_invalid: Skip samples with missing counterpart files instead of raising.
         validate: Decode every file once up front.
-        with_flow: Add the ``flow`` key; the flow folder must exist.
+        with_flow: Add the ``flow`` key.
+        flow_source: ``"files"`` (default): the dataset's flow images, whose folder must exist;
+            ``"auto"``: those files where a sequence has one for every frame, flow computed once and cached
+            otherwise; ``"compute"``: always computed and cached.
+        flow_cache: Cache folder of computed flow (default: :func:`usod.data.flow.default_flow_cache`, i.e.
+            ``<root>/.usod_flow`` when the root is writable). Sequences are cached under
+            ``<flow_cache>/<method>/<their frame folder relative to the root>/``.
+        flow_method: ``"dis"`` or ``"farneback"`` for computed flow.
 
     Attributes:
         sequences: Sequence name -> ordered sample ids of that sequence (only samples in the dataset).
@@ -51,8 +64,20 @@ class VideoDataset(SODDataset):
         skip_invalid: bool = False,
         validate: bool = False,
         with_flow: bool = False,
+        flow_source: Literal["files", "auto", "compute"] = "files",
+        flow_cache: str | Path | None = None,
+        flow_method: Literal["dis", "farneback"] = "dis",
     ) -> None:
+        from usod.data.flow import FLOW_METHODS
+
+        if flow_source not in FLOW_SOURCES:
+            raise ValueError(f"unknown flow_source {flow_source!r}; expected one of {FLOW_SOURCES}")
+        if flow_method not in FLOW_METHODS:
+            raise ValueError(f"unknown flow_method {flow_method!r}; expected one of {FLOW_METHODS}")
         self.with_flow = with_flow
+        self.flow_source = flow_source
+        self.flow_cache = Path(flow_cache).expanduser() if flow_cache is not None else None
+        self.flow_method = flow_method
         super().__init__(root, split, with_masks, pseudo_dir, transform, skip_invalid, validate)
         # built after validation, which may drop samples
         self.sequences: dict[str, list[str]] = {}
@@ -74,11 +99,14 @@ class VideoDataset(SODDataset):
             masks, dups = index_folder(mask_dir)
             self.warnings.extend(dups)
         if self.with_flow:
-            if flow_dir is None or not flow_dir.is_dir():
+            if self.flow_source != "compute" and flow_dir is not None and flow_dir.is_dir():
+                flows, dups = index_folder(flow_dir)
+                self.warnings.extend(dups)
+            if self.flow_source != "files" and (self.flow_source == "compute" or set(images) - set(flows)):
+                flows = self._computed_flows(image_dir, images)
+            elif flow_dir is None or not flow_dir.is_dir():
                 self._missing(image_dir, f"no flow folder for sequence {seq!r} (expected {flow_dir})")
                 return []
-            flows, dups = index_folder(flow_dir)
-            self.warnings.extend(dups)
         out = []
         for stem in sorted(images, key=natural_key):
             mask = masks.get(stem)
@@ -98,6 +126,23 @@ class VideoDataset(SODDataset):
                 SampleFiles(f"{seq}/{stem}", images[stem], mask=mask, flow=flow, sequence=seq, frame=stem)
             )
         return out
+
+    def _computed_flows(self, image_dir: Path, images: dict[str, Path]) -> dict[str, Path]:
+        """Stem -> cached flow image for every frame of one sequence folder (computed on first use)."""
+        from usod.data.flow import cached_flow_images, default_flow_cache
+
+        stems = sorted(images, key=natural_key)
+        if len(stems) < 2:
+            self._missing(image_dir, "cannot compute optical flow for a sequence of fewer than 2 frames")
+            return {}
+        cache = self.flow_cache if self.flow_cache is not None else default_flow_cache(self.root)
+        try:
+            rel = image_dir.resolve().relative_to(self.root.resolve())
+        except ValueError:
+            rel = Path(image_dir.name)
+        folder = cache / self.flow_method / rel
+        paths = cached_flow_images([images[s] for s in stems], folder, self.flow_method)
+        return dict(zip(stems, paths, strict=True))
 
 
 class DAVIS(VideoDataset):
@@ -176,7 +221,7 @@ class DAVIS(VideoDataset):
                 mask_base,
                 f"with_masks=True but the annotation folder is missing (found: {list_entries(self.root)})",
             )
-        if self.with_flow and not flow_base.is_dir():
+        if self.with_flow and self.flow_source == "files" and not flow_base.is_dir():
             raise LayoutError(
                 flow_base, f"with_flow=True but the flow folder is missing (found: {list_entries(self.root)})"
             )

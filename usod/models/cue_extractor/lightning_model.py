@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from usod.models.aux_input import batch_aux, check_aux_modality, flip_allowed
 from usod.models.base import USODModule
 from usod.models.cue_extractor.loss import ADBLoss, PCLSDLoss
 from usod.models.cue_extractor.torch_model import SIGN_RULES, CueExtractorModel, CueExtractorOutput, SignRule
@@ -95,7 +96,9 @@ class CueExtractor(USODModule):
     CRF and median filtering (A2S eq. 6) are left to the pseudo-label writer.
 
     Batches are dicts with ``image`` (Bx3xHxW float in [0, 1]), ``id`` (list[str]), ``size`` (Bx2 original
-    H, W) and, in validation only, optionally ``mask`` (Bx1xHxW in [0, 1]) to log ``val_mae``.
+    H, W) and, in validation only, optionally ``mask`` (Bx1xHxW in [0, 1]) to log ``val_mae``. With
+    ``aux_modality`` other than ``"none"`` every batch also carries the auxiliary image (``depth``,
+    ``thermal`` or ``flow``, Bx3xHxW; see :mod:`usod.models.aux_input`).
 
     Args:
         backbone: :class:`usod.models.backbones.BackboneConfig` fields for ``build_encoder``; ``None`` gives
@@ -124,6 +127,10 @@ class CueExtractor(USODModule):
             valid when the training transform is deterministic (resize only); see :class:`FeatureCache`.
         feature_cache_dtype: ``"float16"``, ``"bfloat16"`` or ``"float32"``.
         feature_cache_max_gb: Optional cap on the cache size in GB (1e9 bytes).
+        aux_modality: ``"none"`` (RGB, default), ``"depth"``, ``"thermal"``, ``"flow"`` or ``"auto"``: a
+            second stream for the auxiliary image through the same frozen encoder, fused by concatenation
+            before each stage head (see :class:`CueExtractorModel`, ``aux_input``). No horizontal flips are
+            made with flow.
         encoder: An already built encoder to use instead of ``backbone`` (not saved in the hyperparameters:
             pass it again when loading a checkpoint).
     """
@@ -150,10 +157,12 @@ class CueExtractor(USODModule):
         feature_cache: bool = False,
         feature_cache_dtype: Literal["float16", "bfloat16", "float32"] = "float16",
         feature_cache_max_gb: float | None = None,
+        aux_modality: Literal["none", "auto", "depth", "thermal", "flow"] = "none",
         encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["encoder"])
+        check_aux_modality(aux_modality)
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
         if sign_rule not in SIGN_RULES:
@@ -176,6 +185,7 @@ class CueExtractor(USODModule):
             norm_groups=norm_groups,
             fuse_stride=fuse_stride,
             sign_rule=sign_rule,
+            aux_input=aux_modality != "none",
         )
         self.loss_fn: ADBLoss | PCLSDLoss
         if loss == "adb":
@@ -189,9 +199,9 @@ class CueExtractor(USODModule):
         self.val_mae = MeanMetric()
 
     # ------------------------------------------------------------------ helpers
-    def forward(self, images: Tensor) -> CueExtractorOutput:
-        """Run the network on Bx3xHxW images in [0, 1]."""
-        return self.model(images)
+    def forward(self, images: Tensor, aux: Tensor | None = None) -> CueExtractorOutput:
+        """Run the network on Bx3xHxW images in [0, 1] (and the auxiliary image of a two-stream model)."""
+        return self.model(images, aux)
 
     def training_progress(self) -> float:
         """Fraction of the epochs done (0 without a trainer or without a finite ``max_epochs``)."""
@@ -209,29 +219,43 @@ class CueExtractor(USODModule):
             raise ValueError(f"batch['image'] must be a Bx3xHxW float tensor, got {shape}")
         return images
 
-    def _training_views(self, images: Tensor) -> tuple[Tensor, list[bool]]:
+    def _aux(self, batch: dict[str, Any], images: Tensor) -> tuple[str | None, Tensor | None]:
+        return batch_aux(batch, self.hparams.aux_modality, images)
+
+    def _training_views(
+        self, images: Tensor, aux: Tensor | None = None, allow_flip: bool = True
+    ) -> tuple[Tensor, Tensor | None, list[bool]]:
         b = images.shape[0]
-        mode = self.hparams.train_flip
+        mode = self.hparams.train_flip if allow_flip else "none"
         if mode == "both":
-            return torch.cat([images, images.flip(-1)]), [False] * b + [True] * b
+            aux_views = None if aux is None else torch.cat([aux, aux.flip(-1)])
+            return torch.cat([images, images.flip(-1)]), aux_views, [False] * b + [True] * b
         if mode == "random":
             flips = (torch.rand(b) < 0.5).tolist()
             mask = torch.tensor(flips, device=images.device).view(-1, 1, 1, 1)
-            return torch.where(mask, images.flip(-1), images), flips
-        return images, [False] * b
+            aux_views = None if aux is None else torch.where(mask, aux.flip(-1), aux)
+            return torch.where(mask, images.flip(-1), images), aux_views, flips
+        return images, aux, [False] * b
 
-    def _features(self, views: Tensor, ids: Sequence[str] | None, flips: Sequence[bool]) -> list[Tensor]:
+    def _features(
+        self,
+        views: Tensor,
+        ids: Sequence[str] | None,
+        flips: Sequence[bool],
+        aux_views: Tensor | None = None,
+    ) -> list[Tensor]:
         cache = self.feature_cache
         if cache is None:
-            return self.model.encode(views)
+            return self.model.encode(views, aux_views)
         if ids is None:
             raise ValueError("feature_cache=True needs batch['id'] (a list of sample ids)")
         keys = [(str(i), bool(f)) for i, f in zip(ids, flips, strict=True)]
-        thumbs = FeatureCache.thumbnail(views)
+        # the auxiliary image is part of the fingerprint: a changed depth/flow map must not reuse features
+        thumbs = FeatureCache.thumbnail(views if aux_views is None else torch.cat([views, aux_views], dim=1))
         per_sample: list[list[Tensor] | None] = [cache.get(k, t) for k, t in zip(keys, thumbs, strict=True)]
         missing = [i for i, f in enumerate(per_sample) if f is None]
         if missing:
-            fresh = self.model.encode(views[missing])
+            fresh = self.model.encode(views[missing], None if aux_views is None else aux_views[missing])
             for j, i in enumerate(missing):
                 per_sample[i] = cache.put(keys[i], thumbs[i], [f[j] for f in fresh])
         n_stages = self.model.num_stages
@@ -248,11 +272,12 @@ class CueExtractor(USODModule):
     def compute_training_loss(self, batch: dict[str, Any]) -> Tensor:
         """The stage-1 loss of a training batch (image and flip views, cached features if enabled)."""
         images = self._images(batch)
+        key, aux = self._aux(batch, images)
         ids = batch.get("id")
-        views, flips = self._training_views(images)
+        views, aux_views, flips = self._training_views(images, aux, allow_flip=flip_allowed(key))
         if ids is not None and len(flips) != len(ids):  # "both": the flipped copies follow the originals
             ids = [*ids, *ids]
-        feats = self._features(views, ids, flips)
+        feats = self._features(views, ids, flips, aux_views)
         out = self.model.decode(feats, views.shape[-2:])
         return self._loss(out)
 
@@ -271,7 +296,7 @@ class CueExtractor(USODModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Log the loss (no pixel drop) and, when ``mask`` is present, the MAE of the saliency map."""
         images = self._images(batch)
-        out = self.model(images)
+        out = self.model(images, self._aux(batch, images)[1])
         bs = images.shape[0]
         self.log("val_loss", self._loss(out), batch_size=bs, sync_dist=True)
         mask = batch.get("mask")
@@ -282,17 +307,20 @@ class CueExtractor(USODModule):
             self.val_mae.update((out.saliency - mask).abs().mean(dim=(1, 2, 3)))
             self.log("val_mae", self.val_mae, prog_bar=True, batch_size=bs)
 
-    def predict_saliency(self, images: Tensor) -> Tensor:
-        """Bx1xHxW saliency in [0, 1] at the input size, flip-averaged if ``predict_flip``."""
-        sal = self.model(images).saliency
-        if self.hparams.predict_flip:
-            sal = 0.5 * (sal + self.model(images.flip(-1)).saliency.flip(-1))
+    def predict_saliency(self, images: Tensor, aux: Tensor | None = None, allow_flip: bool = True) -> Tensor:
+        """Bx1xHxW saliency in [0, 1] at the input size, flip-averaged if ``predict_flip`` (and allowed)."""
+        sal = self.model(images, aux).saliency
+        if self.hparams.predict_flip and allow_flip:
+            aux_flipped = None if aux is None else aux.flip(-1)
+            sal = 0.5 * (sal + self.model(images.flip(-1), aux_flipped).saliency.flip(-1))
         return sal
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Return ``{"id", "size", "saliency"}`` for the pseudo-label writer (no CRF here)."""
         images = self._images(batch)
-        return {"id": batch.get("id"), "size": batch.get("size"), "saliency": self.predict_saliency(images)}
+        key, aux = self._aux(batch, images)
+        saliency = self.predict_saliency(images, aux, allow_flip=flip_allowed(key))
+        return {"id": batch.get("id"), "size": batch.get("size"), "saliency": saliency}
 
     def configure_optimizers(self) -> Any:
         """SGD (Nesterov) on the heads only, with step decay at fractions of the epochs."""

@@ -180,6 +180,11 @@ class CueExtractorModel(nn.Module):
             encoder reports, as the reference code fuses at the resolution of the first encoder stage.
         sign_rule: Foreground sign rule used for ``saliency`` (``"area"``, ``"corner"`` or ``"border"``).
         num_stages: Number of deepest encoder stages used (3 in the paper).
+        aux_input: Two-stream model for RGB + an auxiliary 3-channel image (depth, thermal or flow, seed 000's
+            modality-agnostic design): the auxiliary image goes through the same frozen encoder as a stream
+            of its own and each stage head sees the concatenation ``[E_i(rgb), E_i(aux)]`` (twice the input
+            channels). A separate copy of a frozen encoder would compute exactly the same features, so the
+            weights are shared. ``False`` (default) is the RGB model of A2S, unchanged.
     """
 
     def __init__(
@@ -190,6 +195,7 @@ class CueExtractorModel(nn.Module):
         fuse_stride: int | None = None,
         sign_rule: SignRule = "area",
         num_stages: int = 3,
+        aux_input: bool = False,
     ) -> None:
         super().__init__()
         channels = list(getattr(encoder, "channels", []))
@@ -210,8 +216,11 @@ class CueExtractorModel(nn.Module):
         if self.fuse_stride < 1:
             raise ValueError(f"fuse_stride must be >= 1, got {fuse_stride}")
         self.sign_rule: SignRule = sign_rule
+        self.aux_input = bool(aux_input)
+        #: Input channels of each stage head (doubled by the auxiliary stream).
+        self.head_in_channels = [c * (2 if self.aux_input else 1) for c in self.stage_channels]
         self.stage_heads = nn.ModuleList(
-            AdaptationHead(c, head_channels, norm_groups) for c in self.stage_channels
+            AdaptationHead(c, head_channels, norm_groups) for c in self.head_in_channels
         )
         self.fusion_head = AdaptationHead(head_channels * num_stages, head_channels, norm_groups)
 
@@ -233,24 +242,38 @@ class CueExtractorModel(nn.Module):
         """The trainable parameters (the heads; the encoder is frozen)."""
         return [*self.stage_heads.parameters(), *self.fusion_head.parameters()]
 
-    @torch.no_grad()
-    def encode(self, images: Tensor) -> list[Tensor]:
-        """Frozen-encoder features of the stages the heads use.
+    def features(self, images: Tensor, aux: Tensor | None = None) -> list[Tensor]:
+        """Encoder features of the stages the heads use, with gradients (for adapters inside the encoder).
 
         Args:
             images: Bx3xHxW in [0, 1] (the encoder normalises internally).
+            aux: Bx3xHxW auxiliary image; required by (and only used by) an ``aux_input`` model.
 
         Returns:
-            The ``num_stages`` deepest feature maps, shallow to deep.
+            The ``num_stages`` deepest feature maps, shallow to deep; with ``aux_input`` each is the
+            channel concatenation of the RGB and auxiliary features.
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must have shape Bx3xHxW, got {tuple(images.shape)}")
+        if self.aux_input:
+            if aux is None or aux.shape != images.shape:
+                got = None if aux is None else tuple(aux.shape)
+                raise ValueError(f"this model needs an auxiliary image shaped like the images, got {got}")
+            images = torch.cat([images, aux])  # one encoder pass for both streams
         feats = list(self.encoder(images))
         if len(feats) != len(self.encoder.channels):
             raise RuntimeError(
                 f"encoder returned {len(feats)} feature maps, expected {len(self.encoder.channels)}"
             )
-        return [f.detach() for f in feats[-self.num_stages :]]
+        feats = feats[-self.num_stages :]
+        if self.aux_input:
+            feats = [torch.cat(f.chunk(2), dim=1) for f in feats]
+        return feats
+
+    @torch.no_grad()
+    def encode(self, images: Tensor, aux: Tensor | None = None) -> list[Tensor]:
+        """Frozen-encoder features of the stages the heads use (no gradients; see :meth:`features`)."""
+        return [f.detach() for f in self.features(images, aux)]
 
     def fusion_size(self, image_size: Sequence[int]) -> tuple[int, int]:
         """Spatial size of the fused map for an input of ``image_size`` (H, W)."""
@@ -271,9 +294,10 @@ class CueExtractorModel(nn.Module):
             raise ValueError(f"expected {self.num_stages} feature maps, got {len(features)}")
         stage_feats = []
         for i, (head, feat) in enumerate(zip(self.stage_heads, features, strict=True)):
-            if feat.shape[1] != self.stage_channels[i]:
+            if feat.shape[1] != self.head_in_channels[i]:
                 raise ValueError(
-                    f"feature map {i} has {feat.shape[1]} channels, the head expects {self.stage_channels[i]}"
+                    f"feature map {i} has {feat.shape[1]} channels, "
+                    f"the head expects {self.head_in_channels[i]}"
                 )
             stage_feats.append(head(feat.float()))
         fuse_size = self.fusion_size(image_size)
@@ -288,6 +312,6 @@ class CueExtractorModel(nn.Module):
         saliency = saliency_from_activation(fused_theta, self.sign_rule, size=tuple(image_size))
         return CueExtractorOutput(stage_thetas, fused_theta, saliency, sign)
 
-    def forward(self, images: Tensor) -> CueExtractorOutput:
-        """Encode ``images`` (Bx3xHxW in [0, 1]) and run the heads."""
-        return self.decode(self.encode(images), images.shape[-2:])
+    def forward(self, images: Tensor, aux: Tensor | None = None) -> CueExtractorOutput:
+        """Encode ``images`` (Bx3xHxW in [0, 1]; ``aux`` too for an ``aux_input`` model), run the heads."""
+        return self.decode(self.encode(images, aux), images.shape[-2:])

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from usod.metrics import SODMetrics
+from usod.models.aux_input import batch_aux, check_aux_modality, flip_allowed
 from usod.models.base import USODModule
 from usod.models.saliency_detector.loss import BCESSIMIoULoss, IoUMultiScaleLoss
 from usod.models.saliency_detector.refine import PixelAdaptiveRefiner
@@ -211,9 +212,11 @@ class SaliencyDetector(USODModule):
     """A2S stage 2: train the RAM saliency detector on pseudo labels while rectifying them online.
 
     Training batches need ``image`` (Bx3xHxW in [0, 1]), ``pseudo`` (Bx1xHxW in [0, 1]), ``id`` and
-    ``size``; ``mask`` is never read in training. Validation batches with ``mask`` log ``val_mae`` and the
-    SOD metrics (``val_max_f``, ``val_mean_f``, ``val_adp_f``, ``val_max_e``, ``val_mean_e``, ``val_adp_e``,
-    ``val_s_measure``; weighted F is skipped for speed). ``predict_step`` returns
+    ``size``; ``mask`` is never read in training. With ``aux_modality`` other than ``"none"`` every batch
+    also carries the auxiliary image (``depth``, ``thermal`` or ``flow``; see :mod:`usod.models.aux_input`).
+    Validation batches with ``mask`` log ``val_mae`` and the SOD metrics (``val_max_f``, ``val_mean_f``,
+    ``val_adp_f``, ``val_max_e``, ``val_mean_e``, ``val_adp_e``, ``val_s_measure``; weighted F is skipped
+    for speed). ``predict_step`` returns
     ``{"id", "size", "saliency"}``.
 
     Args:
@@ -247,7 +250,12 @@ class SaliencyDetector(USODModule):
         lr_milestones: Epoch fractions at which the learning rate is multiplied by ``lr_gamma`` (A2S decays
             at epochs 15 and 20 of 25).
         lr_gamma: Decay factor.
-        encoder: An already built encoder to use instead of ``backbone`` (not saved in the hyperparameters).
+        aux_modality: ``"none"`` (RGB, default), ``"depth"``, ``"thermal"``, ``"flow"`` or ``"auto"``: a
+            second encoder stream (built like the first one, fine-tuned) for the auxiliary image, added to
+            the RGB features level by level (see :class:`SaliencyDetectorModel`). No horizontal flips are
+            made with flow.
+        encoder: An already built encoder to use instead of ``backbone`` (not saved in the hyperparameters;
+            with ``aux_modality`` its deep copy is the auxiliary encoder).
     """
 
     def __init__(
@@ -276,10 +284,12 @@ class SaliencyDetector(USODModule):
         weight_decay: float = 5e-4,
         lr_milestones: Sequence[float] = (0.6, 0.8),
         lr_gamma: float = 0.1,
+        aux_modality: Literal["none", "auto", "depth", "thermal", "flow"] = "none",
         encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["encoder"])
+        check_aux_modality(aux_modality)
         for name, value, allowed in (
             ("loss", loss, LOSSES),
             ("label_update", label_update, LABEL_UPDATES),
@@ -300,11 +310,18 @@ class SaliencyDetector(USODModule):
             raise ValueError(f"lr_milestones must be epoch fractions in (0, 1], got {list(lr_milestones)}")
         if olr_warmup_epochs < 0 or spr_warmup_epochs < 0:
             raise ValueError("warm-up epochs must be >= 0")
+        aux_encoder = None
         if encoder is None:
             from usod.models.backbones import build_encoder
 
             encoder = build_encoder(backbone)
-        self.model = SaliencyDetectorModel(encoder, channels=channels)
+            if aux_modality != "none":
+                aux_encoder = build_encoder(backbone)
+        elif aux_modality != "none":
+            import copy
+
+            aux_encoder = copy.deepcopy(encoder)
+        self.model = SaliencyDetectorModel(encoder, channels=channels, aux_encoder=aux_encoder)
         self.loss_fn: BCESSIMIoULoss | IoUMultiScaleLoss
         if loss == "bce_ssim_iou":
             self.loss_fn = BCESSIMIoULoss(binarize=binarize_target)
@@ -364,9 +381,12 @@ class SaliencyDetector(USODModule):
         return labels
 
     # ------------------------------------------------------------------ helpers
-    def forward(self, images: Tensor) -> Tensor:
-        """Saliency logits Bx1xHxW for Bx3xHxW images in [0, 1]."""
-        return self.model(images)
+    def forward(self, images: Tensor, aux: Tensor | None = None) -> Tensor:
+        """Saliency logits Bx1xHxW for Bx3xHxW images in [0, 1] (and the auxiliary image, if used)."""
+        return self.model(images, aux)
+
+    def _aux(self, batch: dict[str, Any], images: Tensor) -> tuple[str | None, Tensor | None]:
+        return batch_aux(batch, self.hparams.aux_modality, images)
 
     @staticmethod
     def _images(batch: dict[str, Any]) -> Tensor:
@@ -404,19 +424,26 @@ class SaliencyDetector(USODModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """Train on the current labels and stage this step's label updates."""
         images = self._images(batch)
+        key, aux = self._aux(batch, images)
         target = self.training_targets(batch)
         b = images.shape[0]
-        if self.hparams.hflip:
+        if self.hparams.hflip and flip_allowed(key):
             flips = (torch.rand(b) < 0.5).to(images.device).view(-1, 1, 1, 1)
         else:
             flips = torch.zeros(b, 1, 1, 1, dtype=torch.bool, device=images.device)
         views = torch.where(flips, images.flip(-1), images)
+        aux_v = None if aux is None else torch.where(flips, aux.flip(-1), aux)
         target_v = torch.where(flips, target.flip(-1), target)
-        logits = self.model(views)
+        logits = self.model(views, aux_v)
         if isinstance(self.loss_fn, IoUMultiScaleLoss):
             size = self._scaled_size(views.shape[-2:])
             scaled = F.interpolate(views, size=size, mode="bilinear", align_corners=True)
-            terms = self.loss_fn.terms(logits, target_v, self.model(scaled))
+            aux_scaled = (
+                None
+                if aux_v is None
+                else F.interpolate(aux_v, size=size, mode="bilinear", align_corners=True)
+            )
+            terms = self.loss_fn.terms(logits, target_v, self.model(scaled, aux_scaled))
         else:
             terms = self.loss_fn.terms(logits, target_v)
         loss = sum(terms.values())
@@ -443,12 +470,18 @@ class SaliencyDetector(USODModule):
         for listener in list(self.label_listeners):
             listener(self, self.current_epoch, updated)
 
-    def predict_saliency(self, images: Tensor) -> Tensor:
-        """Bx1xHxW saliency in [0, 1], flip-averaged if ``predict_flip``."""
-        sal = torch.sigmoid(self.model(images))
-        if self.hparams.predict_flip:
-            sal = 0.5 * (sal + torch.sigmoid(self.model(images.flip(-1))).flip(-1))
+    def predict_saliency(self, images: Tensor, aux: Tensor | None = None, allow_flip: bool = True) -> Tensor:
+        """Bx1xHxW saliency in [0, 1], flip-averaged if ``predict_flip`` (and allowed)."""
+        sal = torch.sigmoid(self.model(images, aux))
+        if self.hparams.predict_flip and allow_flip:
+            aux_flipped = None if aux is None else aux.flip(-1)
+            sal = 0.5 * (sal + torch.sigmoid(self.model(images.flip(-1), aux_flipped)).flip(-1))
         return sal
+
+    def _batch_saliency(self, batch: dict[str, Any]) -> Tensor:
+        images = self._images(batch)
+        key, aux = self._aux(batch, images)
+        return self.predict_saliency(images, aux, allow_flip=flip_allowed(key))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Score the saliency against ``mask`` when the batch has one."""
@@ -456,7 +489,7 @@ class SaliencyDetector(USODModule):
         if mask is None:
             return
         images = self._images(batch)
-        sal = self.predict_saliency(images)
+        sal = self._batch_saliency(batch)
         mask = mask.float()
         if mask.shape[-2:] != sal.shape[-2:]:
             mask = F.interpolate(mask, size=sal.shape[-2:], mode="bilinear")
@@ -477,8 +510,7 @@ class SaliencyDetector(USODModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Return ``{"id", "size", "saliency"}`` for the pseudo-label writer."""
-        images = self._images(batch)
-        return {"id": batch.get("id"), "size": batch.get("size"), "saliency": self.predict_saliency(images)}
+        return {"id": batch.get("id"), "size": batch.get("size"), "saliency": self._batch_saliency(batch)}
 
     def configure_optimizers(self) -> Any:
         """SGD (Nesterov) or Adam, encoder at ``encoder_lr_ratio * lr``, step decay at epoch fractions."""
@@ -527,8 +559,9 @@ class LabelRoundWriter(pl.Callback):
         self.written: list[str] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        is_detector = isinstance(pl_module, SaliencyDetector)
-        if stage == "fit" and is_detector and self.write not in pl_module.label_listeners:
+        # any module with a label bank and listeners (SaliencyDetector, AdapterTransfer)
+        has_labels = isinstance(getattr(pl_module, "label_listeners", None), list)
+        if stage == "fit" and has_labels and self.write not in pl_module.label_listeners:
             pl_module.label_listeners.append(self.write)
 
     def write(self, module: SaliencyDetector, epoch: int, updated_ids: list[str]) -> None:
@@ -539,7 +572,11 @@ class LabelRoundWriter(pl.Callback):
         rank, world = _dist_world()
         labels = module.export_labels(original_size=True)
         ids = sorted(labels)
-        meta = {"producer": "SaliencyDetector", "label_update": module.hparams.label_update, "epoch": epoch}
+        meta = {
+            "producer": type(module).__name__,
+            "label_update": module.hparams.label_update,
+            "epoch": epoch,
+        }
         self.store.begin_round(name, meta=meta, overwrite=True)
         for sid in ids[rank::world]:
             self.store.write(name, sid, labels[sid])

@@ -15,6 +15,11 @@ resolution of the RAM's first input; the attention convolutions and the fusion a
 before the local RAM ``H_5`` goes through a second block (two conv3x3 + GroupNorm + ReLU, each followed by
 x2 bilinear upsampling). ``Y`` is formed at the resolution of ``H_1`` and upsampled bilinearly.
 
+Multimodal input (opt-in, seed 000's modality-agnostic design): with an ``aux_encoder`` the auxiliary image
+(depth, thermal or optical flow rendered as 3 channels) runs through that second encoder stream, is reduced
+per level by its own ``conv_i^aux`` and added to the RGB level, ``H_i = conv_i(E_i) + conv_i^aux(A_i)``,
+before the RAMs. Without it the network is the RGB one above, unchanged.
+
 Encoders with other level counts: the topmost level plays ``H_5``; the lower ``n - 1`` levels are split into
 a local group (the first ``ceil((n - 1) / 2)``, finest) and a regional group (the rest). For ``n = 5`` this
 is the paper's split; ``n = 4`` gives local ``H_1, H_2`` and regional ``H_3``. At least 3 levels are needed.
@@ -109,9 +114,11 @@ class SaliencyDetectorModel(nn.Module):
         encoder: Module whose ``forward`` maps Bx3xHxW images in [0, 1] to a list of feature maps (shallow
             to deep) and which exposes ``channels`` (see :mod:`usod.models.backbones`).
         channels: Channels every level is reduced to (64 in A2S).
+        aux_encoder: Optional encoder of the auxiliary stream, with the same ``channels`` per level as
+            ``encoder`` (e.g. a second copy of it); fine-tuned like the RGB encoder.
     """
 
-    def __init__(self, encoder: nn.Module, channels: int = 64) -> None:
+    def __init__(self, encoder: nn.Module, channels: int = 64, aux_encoder: nn.Module | None = None) -> None:
         super().__init__()
         enc_channels = [int(c) for c in getattr(encoder, "channels", [])]
         if not enc_channels:
@@ -123,6 +130,15 @@ class SaliencyDetectorModel(nn.Module):
         self.encoder_channels = enc_channels
         self.channels = channels
         self.reduce = nn.ModuleList(ConvBlock(c, channels) for c in enc_channels)
+        self.aux_encoder = aux_encoder
+        self.aux_reduce: nn.ModuleList | None = None
+        if aux_encoder is not None:
+            aux_channels = [int(c) for c in getattr(aux_encoder, "channels", [])]
+            if aux_channels != enc_channels:
+                raise ValueError(
+                    f"aux_encoder levels {aux_channels} differ from the RGB encoder's {enc_channels}"
+                )
+            self.aux_reduce = nn.ModuleList(ConvBlock(c, channels) for c in enc_channels)
         self.regional = ResidualAttentionModule(channels, len(self.regional_idx))
         self.local = ResidualAttentionModule(channels, len(self.local_idx))
         # The reference code's `local_conv`: refine and upsample H_5 x4 before it meets the finest levels.
@@ -141,19 +157,29 @@ class SaliencyDetectorModel(nn.Module):
         return len(self.encoder_channels)
 
     def encoder_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the encoder."""
-        return list(self.encoder.parameters())
+        """Parameters of the encoder (and of the auxiliary encoder, if any)."""
+        aux = list(self.aux_encoder.parameters()) if self.aux_encoder is not None else []
+        return [*self.encoder.parameters(), *aux]
 
     def decoder_parameters(self) -> list[nn.Parameter]:
-        """Parameters of everything but the encoder (reductions, RAMs)."""
-        enc = {id(p) for p in self.encoder.parameters()}
+        """Parameters of everything but the encoders (reductions, RAMs)."""
+        enc = {id(p) for p in self.encoder_parameters()}
         return [p for p in self.parameters() if id(p) not in enc]
 
-    def decode(self, features: Sequence[Tensor], image_size: Sequence[int]) -> Tensor:
-        """Logits ``Y`` (Bx1xHxW at ``image_size``) from the encoder's feature maps."""
+    def decode(
+        self,
+        features: Sequence[Tensor],
+        image_size: Sequence[int],
+        aux_features: Sequence[Tensor] | None = None,
+    ) -> Tensor:
+        """Logits ``Y`` (Bx1xHxW at ``image_size``) from the encoder's (and the auxiliary encoder's) maps."""
         if len(features) != self.num_levels:
             raise ValueError(f"expected {self.num_levels} feature maps, got {len(features)}")
         h = [conv(f) for conv, f in zip(self.reduce, features, strict=True)]  # eq. 8
+        if self.aux_reduce is not None:
+            if aux_features is None or len(aux_features) != self.num_levels:
+                raise ValueError(f"the auxiliary stream needs {self.num_levels} auxiliary feature maps")
+            h = [hi + conv(a) for hi, conv, a in zip(h, self.aux_reduce, aux_features, strict=True)]
         glob = h[self.global_idx]
         r_regional = self.regional([h[i] for i in self.regional_idx], glob)
         r_local = self.local([h[i] for i in self.local_idx], self.global_refine(glob))
@@ -161,14 +187,23 @@ class SaliencyDetectorModel(nn.Module):
         y = (r_local * r_regional).sum(dim=1, keepdim=True)  # eq. 11
         return F.interpolate(y, size=tuple(int(s) for s in image_size), mode="bilinear")
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Saliency logits Bx1xHxW for Bx3xHxW images in [0, 1] (apply ``sigmoid`` for saliency)."""
+    def forward(self, images: Tensor, aux: Tensor | None = None) -> Tensor:
+        """Saliency logits Bx1xHxW for Bx3xHxW images in [0, 1] (apply ``sigmoid`` for saliency).
+
+        ``aux`` (Bx3xHxW) is required by a model with an auxiliary stream and ignored otherwise.
+        """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must have shape Bx3xHxW, got {tuple(images.shape)}")
         feats = list(self.encoder(images))
-        return self.decode(feats, images.shape[-2:])
+        aux_feats = None
+        if self.aux_encoder is not None:
+            if aux is None or aux.shape != images.shape:
+                got = None if aux is None else tuple(aux.shape)
+                raise ValueError(f"this model needs an auxiliary image shaped like the images, got {got}")
+            aux_feats = list(self.aux_encoder(aux))
+        return self.decode(feats, images.shape[-2:], aux_feats)
 
     @torch.no_grad()
-    def predict(self, images: Tensor) -> Tensor:
+    def predict(self, images: Tensor, aux: Tensor | None = None) -> Tensor:
         """Saliency Bx1xHxW in [0, 1]."""
-        return torch.sigmoid(self(images))
+        return torch.sigmoid(self(images, aux))
