@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 from tests.helpers.layouts import make_image, make_mask
 from usod.data.io import (
     InvalidInputError,
+    atomic_write_bytes,
     read_depth,
     read_image,
     read_mask,
@@ -179,6 +181,17 @@ def test_depth_constant_is_safe(tmp_path: Path) -> None:
     out = read_depth(save(tmp_path / "c.png", np.full((24, 32), 51, np.uint8)))
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, 0.2)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_atomic_writes_get_the_usual_file_mode(tmp_path: Path) -> None:
+    """Labels must be readable by the group like any other file, not 0600 as mkstemp makes them."""
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_bytes(tmp_path / "a.bin", b"x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_write_png_atomic_roundtrip(tmp_path: Path) -> None:
