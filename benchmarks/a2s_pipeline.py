@@ -40,10 +40,17 @@ def _seed_ablation(main_out: Path, out: Path) -> None:
     keep = [r for r in manifest["rounds"] if r["name"] in ("stage1-raw", "stage1")]
     for entry in keep:
         shutil.copytree(src / "rounds" / entry["name"], dst / "rounds" / entry["name"])
+    for entry in keep:  # the rounds came from the same weights, copied next to them
+        if (entry.get("meta") or {}).get("ckpt"):
+            entry["meta"]["ckpt"] = str((out / "stage1.ckpt").resolve())
     manifest.update(rounds=keep, current="stage1")
     (dst / "manifest.json").write_text(json.dumps(manifest, indent=2))
     shutil.copyfile(main_out / "stage1.ckpt", out / ".stage1.ckpt.tmp")
     os.replace(out / ".stage1.ckpt.tmp", out / "stage1.ckpt")
+
+
+def _newer(a: Path, b: Path) -> bool:
+    return a.stat().st_mtime_ns > b.stat().st_mtime_ns
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             _seed_ablation(args.out, out)
         config = dataclasses.replace(base, out=out, stage2={**base.stage2, "label_update": update})
         start = time.perf_counter()
-        runs[update] = run_pipeline(config)
+        report = out / "report" / "metrics.json"
+        if (out / "stage2.ckpt").is_file() and report.is_file() and _newer(report, out / "stage2.ckpt"):
+            runs[update] = json.loads(report.read_text())  # finished earlier: reuse its report
+        else:
+            runs[update] = run_pipeline(config)
         runs[update]["wall_s"] = time.perf_counter() - start
     wall = time.perf_counter() - wall
 
