@@ -145,3 +145,18 @@ def test_every_registered_model_has_a_config() -> None:
     for name, cls in MODELS.items():
         config = yaml.safe_load((REPO / "configs" / "model" / f"{name}.yaml").read_text())
         assert config["model"]["class_path"] == f"{cls.__module__.rsplit('.', 1)[0]}.{cls.__name__}"
+
+
+def test_checkpoint_of_a_module_built_in_python_validates_through_the_cli(tmp_path) -> None:
+    """Modules built in Python (usod pipeline, notebooks): ``--ckpt_path`` must accept their checkpoints."""
+    import pytorch_lightning as pl
+
+    from usod.models.cue_extractor import CueExtractor
+
+    config = _tiny_experiment(tmp_path)
+    model = CueExtractor(backbone={"name": "resnet18", "weights": "none"})
+    trainer = pl.Trainer(max_epochs=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    ckpt = tmp_path / "python.ckpt"
+    trainer.save_checkpoint(ckpt, weights_only=True)
+    main(["validate", "--config", str(config), "--ckpt_path", str(ckpt)])

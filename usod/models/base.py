@@ -23,7 +23,13 @@ class USODModule(pl.LightningModule):
     """
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        class_path = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint[CLASS_KEY] = class_path
+        # LightningCLI (``usod validate|test --ckpt_path``) rebuilds a subclass-mode model from
+        # ``hyper_parameters["_class_path"]``; modules built in Python (``usod pipeline``, notebooks) lack it.
+        hparams = checkpoint.get("hyper_parameters")
+        if isinstance(hparams, dict) and "_class_path" not in hparams:
+            hparams["_class_path"] = class_path
 
 
 def _without_weight_files(hparams: dict[str, Any]) -> dict[str, Any]:
