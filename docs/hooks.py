@@ -43,6 +43,25 @@ OPTIONAL_MIRRORS: dict[str, tuple[str, str]] = {
     "examples/notebooks/README.md": ("examples/notebooks.md", "Notebooks"),
 }
 
+#: Paths that branches developed in parallel add (notebooks, launch scripts, logger and trainer configs).
+#: Until they are merged, a link to one of them that is missing renders as its path and the link test
+#: skips it; once they exist they are checked like every other path. Delete entries as they land.
+PENDING_PATHS: frozenset[str] = frozenset(
+    {
+        "configs/logger/wandb.yaml",
+        "configs/trainer/ddp_cpu.yaml",
+        "examples/cli/README.md",
+        "examples/cli/slurm_multinode.sh",
+        "examples/cli/torchrun.sh",
+        "examples/notebooks/a2s_two_stage.ipynb",
+        "examples/notebooks/adapter_transfer.ipynb",
+        "examples/notebooks/deepusps.ipynb",
+        "examples/notebooks/sdg_caption_guided.ipynb",
+        "examples/notebooks/evaluate_predictions.ipynb",
+        "benchmarks/throughput.py",
+    }
+)
+
 _LINK = re.compile(r"(?<!!)\[(?P<text>[^\]\n]+)\]\((?P<target>[^)\s]+)\)")
 
 
@@ -76,7 +95,10 @@ def rewrite_links(text: str, source: str, page: str, mirrors: dict[str, str]) ->
         if resolved in mirrors:
             new = posixpath.relpath(mirrors[resolved], posixpath.dirname(page) or ".")
             return f"[{text}]({new}{'#' + anchor if anchor else ''})"
-        if (REPO / resolved).exists():
+        if resolved.startswith("docs/") and (REPO / resolved).is_file():
+            new = posixpath.relpath(resolved[len("docs/") :], posixpath.dirname(page) or ".")
+            return f"[{text}]({new}{'#' + anchor if anchor else ''})"
+        if (REPO / resolved).exists() or resolved in PENDING_PATHS:
             shown = resolved + ("/" if (REPO / resolved).is_dir() else "")
             return text if text.strip("`") == shown.rstrip("/") else f"{text} (`{shown}`)"
         return match[0]  # missing: mkdocs --strict reports it
