@@ -175,6 +175,39 @@ MARKERS: dict[str, Callable[[], str]] = {
 }
 
 
+_ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|exc|obj):<code>(?P<tilde>~?)(?P<name>[\w.]+)</code>")
+_ANCHOR = re.compile(r'id="(usod\.[\w.]+)"')
+
+
+def sphinx_roles_to_links(html: str) -> str:
+    """Turn the Sphinx roles of the docstrings (``:class:`~usod.x.Y```), which Markdown leaves as text, into
+    cross-references that mkdocs-autorefs resolves (``optional``: an unknown name stays plain code).
+
+    A dotted ``usod.`` path is used as it is; a short name (``Encoder``, ``Store.write``) links to the one
+    object of the same page whose path ends with it, if there is exactly one.
+    """
+    anchors = set(_ANCHOR.findall(html))
+
+    def replace(match: re.Match[str]) -> str:
+        name = match["name"]
+        title = name.rsplit(".", 1)[-1] if match["tilde"] else name
+        if name.startswith("usod."):
+            identifier = name
+        else:
+            found = [a for a in anchors if a.endswith("." + name)]
+            if len(found) != 1:
+                return f"<code>{title}</code>"
+            identifier = found[0]
+        return f'<autoref identifier="{identifier}" optional><code>{title}</code></autoref>'
+
+    return _ROLE.sub(replace, html)
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
+    """Link the Sphinx roles of the API pages (see :func:`sphinx_roles_to_links`)."""
+    return sphinx_roles_to_links(html)
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
     """Replace the markers of :data:`MARKERS` with generated text."""
     for marker, make in MARKERS.items():

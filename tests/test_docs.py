@@ -337,3 +337,16 @@ def test_rewrite_links_points_readme_links_at_pages() -> None:
     assert "[sdg](sdg.md#x)" in out
     assert "cfg (`configs/model/cue_extractor.yaml`)" in out
     assert "[gone](nope.md)" in out  # left for mkdocs --strict to report
+
+
+def test_sphinx_roles_become_cross_references() -> None:
+    html = (
+        '<h2 id="usod.labels.store.PseudoLabelStore"></h2>'
+        '<h3 id="usod.labels.store.PseudoLabelStore.write"></h3>'
+        "<p>:class:<code>~usod.ops.crf.CRFParams</code> :meth:<code>PseudoLabelStore.write</code> "
+        ":func:<code>unknown</code></p>"
+    )
+    out = HOOKS.sphinx_roles_to_links(html)
+    assert '<autoref identifier="usod.ops.crf.CRFParams" optional><code>CRFParams</code></autoref>' in out
+    assert 'identifier="usod.labels.store.PseudoLabelStore.write"' in out
+    assert "<code>unknown</code>" in out and ":func:" not in out
