@@ -100,7 +100,9 @@ def rewrite_links(text: str, source: str, page: str, mirrors: dict[str, str]) ->
             return f"[{text}]({new}{'#' + anchor if anchor else ''})"
         if (REPO / resolved).exists() or resolved in PENDING_PATHS:
             shown = resolved + ("/" if (REPO / resolved).is_dir() else "")
-            return text if text.strip("`") == shown.rstrip("/") else f"{text} (`{shown}`)"
+            if text.strip("`") in (shown.rstrip("/"), posixpath.basename(resolved)):
+                return f"`{shown}`"
+            return f"{text} (`{shown}`)"
         return match[0]  # missing: mkdocs --strict reports it
 
     return _LINK.sub(replace, text)

@@ -308,7 +308,6 @@ def test_python_blocks_are_valid_python(doc: Path) -> None:
 @pytest.mark.slow
 def test_site_builds_strict(tmp_path: Path) -> None:
     """``mkdocs build --strict``: no warning (broken link, griffe docstring problem, missing page)."""
-    pytest.importorskip("mkdocstrings_handlers.python")
     site = tmp_path / "site"
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
