@@ -226,6 +226,7 @@ def _uses_pending(args: list[str]) -> bool:
     return any(a in PENDING and not (REPO / a).exists() for a in args)
 
 
+@pytest.mark.slow
 def test_usod_commands_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every ``usod`` command of the docs parses: its subcommand exists, its options exist and take the given
     values, its config files exist and validate against the classes they name (Lightning commands are
