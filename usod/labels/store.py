@@ -153,7 +153,7 @@ class PseudoLabelStore:
         root: Store directory (created when missing).
         rank: This process's global rank; ``None`` reads it from ``torch.distributed`` or ``RANK``.
 
-    Example:
+    Examples:
         >>> store = PseudoLabelStore(tmp_dir)  # doctest: +SKIP
         >>> store.begin_round("stage1", {"producer": "a2s"})
         >>> store.write("stage1", "seq/00001", prob_map)

@@ -16,7 +16,7 @@ associative, so the result does not depend on how images are split over batches 
 2 processes give bit-for-bit what 1 process gives. The fixed-point sums hold up to about 60 million
 images.
 
-Example:
+Examples:
     >>> metric = SODMetrics()
     >>> metric.update(torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32) > 0.5)
     >>> sorted(metric.compute())[:3]
@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -226,7 +227,7 @@ class SODMetrics(_SODMetric):
 
     higher_is_better = None  # mixed: lower is better for mae only
 
-    def __init__(self, weighted_f: bool = True, **kwargs) -> None:
+    def __init__(self, weighted_f: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.weighted_f = weighted_f
         for name in ("mae_sum", "adp_f_sum", "adp_e_sum", "s_sum", "w_f_sum"):

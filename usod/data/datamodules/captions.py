@@ -39,7 +39,8 @@ class CaptionDataModule(SODDataModule):
         require_captions: Raise at setup when a training image has no caption (every image needs one to train
             the captioner).
         supervised: Train on ground-truth masks instead of pseudo labels (see above).
-        **kwargs: :class:`~usod.data.datamodules.SODDataModule` arguments.
+
+    The other arguments are those of :class:`~usod.data.datamodules.SODDataModule`.
     """
 
     def __init__(
