@@ -5,7 +5,7 @@ For each module one scenario fits (with validation), validates and predicts, on 
 * online label updates (OLR, SPR, DeepUSPS's MVA, adapter-transfer SPR) give the same labels as 1 process,
   on both ranks, and the label rounds written by :class:`LabelRoundWriter` / :class:`MVARoundWriter` hold
   them, each label written once across ranks;
-* validation metrics (synchronised through the metric states) equal the 1-process values;
+* validation and test metrics (synchronised through the metric states) equal the 1-process values;
 * prediction through :class:`PseudoLabelWriter` writes each sample exactly once and the same maps;
 * manifests and checkpoints are written by rank 0 only, and only rank 0 logs.
 
@@ -46,7 +46,16 @@ pytestmark = [
 N_IMAGES = 5
 SIZE = 64
 TINY = {"name": "test_resnet", "weights": "none"}
-VAL_KEYS = ("val_mae", "val_max_f", "val_mean_f", "val_adp_f", "val_max_e", "val_mean_e", "val_s_measure")
+VAL_KEYS = (
+    "val_mae",
+    "val_max_f",
+    "val_mean_f",
+    "val_adp_f",
+    "val_max_e",
+    "val_mean_e",
+    "val_adp_e",
+    "val_s_measure",
+)
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +121,7 @@ def scenario(
     torch.manual_seed(0)
     fresh = make_model()
     results["validate"] = trainer(world).validate(fresh, datamodule=datamodule(data, pseudo), verbose=False)
+    results["test"] = trainer(world).test(fresh, datamodule=datamodule(data, pseudo), verbose=False)
     results["val_keys"] = val_keys
     writer = PseudoLabelWriter(store, "pred")
     predict = trainer(world, callbacks=[writer])
@@ -174,14 +184,17 @@ def check(tmp_path: Path, data: Path, rounds: tuple[str, ...] = (), **kwargs: An
     assert reference["num_written"] == N_IMAGES
     assert sum(r["num_written"] for r in results) == N_IMAGES and all(r["num_written"] > 0 for r in results)
 
-    # validation metrics synchronised over the ranks: equal to 1 process (sums of floats: 1e-6)
-    want = reference["validate"][0]
-    assert set(reference["val_keys"]) <= set(want), sorted(want)
-    for rank, result in enumerate(results):
-        got = result["validate"][0]
-        assert got.keys() == want.keys(), rank
-        for key in want:
-            assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7), (rank, key)
+    # validation and test metrics synchronised over the ranks: equal to 1 process (sums of floats: 1e-6)
+    val_keys = set(reference["val_keys"])
+    assert set(reference["validate"][0]) == val_keys
+    assert set(reference["test"][0]) == {"test_" + key[len("val_") :] for key in val_keys}
+    for stage in ("validate", "test"):
+        want = reference[stage][0]
+        for rank, result in enumerate(results):
+            got = result[stage][0]
+            assert got.keys() == want.keys(), (stage, rank)
+            for key in want:
+                assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7), (stage, rank, key)
 
 
 # ---------------------------------------------------------------------------------------------- modules
