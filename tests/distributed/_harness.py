@@ -6,13 +6,15 @@ launched externally and uses the gloo group made here, the code path of ``torchr
 One fork runs a whole scenario (several ``Trainer`` runs), which keeps the tests fast.
 
 In the DDP ranks every file written by the pseudo-label store (labels, manifests) and every checkpoint is
-recorded as ``rank<TAB>kind<TAB>path`` in ``<out>/writes.log`` (small ``O_APPEND`` writes do not interleave).
+recorded as ``rank<TAB>kind<TAB>path`` in ``<out>/writes.log`` (small ``O_APPEND`` writes do not interleave),
+and the warnings each rank raised are written to ``<out>/warnings_rank<r>.txt``.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import warnings
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -108,7 +110,13 @@ def _worker(rank: int, port: int, out: str, scenario: Scenario, kwargs: dict[str
     try:
         for patch in patches:
             patch.start()
-        scenario(rank=rank, world=WORLD, out=Path(out), **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                scenario(rank=rank, world=WORLD, out=Path(out), **kwargs)
+            finally:
+                text = "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)
+                (Path(out) / f"warnings_rank{rank}.txt").write_text(text)
     finally:
         for patch in patches:
             patch.stop()
@@ -132,6 +140,11 @@ def run_single(scenario: Scenario, out: Path, **kwargs: Any) -> None:
         scenario(rank=0, world=1, out=out, **kwargs)
     finally:
         torch.set_num_threads(threads)
+
+
+def read_warnings(out: Path) -> list[str]:
+    """The warnings raised on the DDP ranks, one line each."""
+    return [line for r in range(WORLD) for line in (out / f"warnings_rank{r}.txt").read_text().splitlines()]
 
 
 def read_writes(out: Path) -> list[tuple[int, str, str]]:

@@ -7,7 +7,8 @@ For each module one scenario fits (with validation), validates and predicts, on 
   them, each label written once across ranks;
 * validation and test metrics (synchronised through the metric states) equal the 1-process values;
 * prediction through :class:`PseudoLabelWriter` writes each sample exactly once and the same maps;
-* manifests and checkpoints are written by rank 0 only, and only rank 0 logs.
+* manifests and checkpoints are written by rank 0 only, only rank 0 logs, and no logged value is left
+  unsynchronised.
 
 Predictions are made independent of how samples are split over ranks: learning rate 0 (the weights never
 change), batch size 1 (BatchNorm statistics per image), no random flips, one thread per process. The 5
@@ -31,7 +32,7 @@ from usod.data.datamodules import RGBDataModule
 from usod.data.synth import write_dataset
 from usod.labels import PseudoLabelStore, PseudoLabelWriter
 
-from ._harness import WORLD, read_writes, run_ddp, run_single, trainer
+from ._harness import WORLD, read_warnings, read_writes, run_ddp, run_single, trainer
 
 pytestmark = [
     pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo"),
@@ -39,7 +40,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*LeafSpec.*"),
     pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode.*"),
     pytest.mark.filterwarnings("ignore:.*in eval mode at the start of training.*"),
-    pytest.mark.filterwarnings("ignore:.*sync_dist=True.*"),
     pytest.mark.filterwarnings("ignore:.*self.trainer` reference is not registered.*"),
 ]
 
@@ -177,6 +177,9 @@ def check(tmp_path: Path, data: Path, rounds: tuple[str, ...] = (), **kwargs: An
     assert len(list((ddp / "ckpt").iterdir())) == len(list((single / "ckpt").iterdir())) == 2
     assert [p.name for p in (ddp / "logs" / "lightning_logs").iterdir()] == ["version_0"]
     assert (ddp / "logs" / "lightning_logs" / "version_0" / "metrics.csv").is_file()
+
+    # no value is logged unsynchronised (Lightning warns about those under DDP)
+    assert not [w for w in read_warnings(ddp) if "sync_dist" in w]
 
     # prediction: each sample once, split over the ranks
     results = [torch.load(ddp / f"results_rank{r}.pt", weights_only=False) for r in range(WORLD)]
