@@ -173,10 +173,12 @@ def _tiny_stage2_experiment(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
-@pytest.mark.parametrize("launcher", ["torchrun", "lightning"])
-def test_usod_fit_on_two_cpu_processes(tmp_path: Path, launcher: str) -> None:
-    """``usod fit`` with ``configs/trainer/ddp_cpu.yaml``: started by ``examples/cli/torchrun.sh``, or by
-    Lightning itself (``usod fit --config ... --config configs/trainer/ddp_cpu.yaml``)."""
+def test_torchrun_example_fits_on_two_cpu_processes(tmp_path: Path) -> None:
+    """``usod fit`` with ``configs/trainer/ddp_cpu.yaml`` on 2 processes started by ``torchrun.sh``.
+
+    (Plain ``usod fit --config EXPERIMENT --config configs/trainer/ddp_cpu.yaml``, where Lightning starts the
+    second process itself, runs the same way; one end-to-end run is kept to save test time.)
+    """
     experiment = _tiny_stage2_experiment(tmp_path)
     runs = tmp_path / "runs"
     env = {
@@ -185,19 +187,14 @@ def test_usod_fit_on_two_cpu_processes(tmp_path: Path, launcher: str) -> None:
         "MASTER_PORT": str(free_port()),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
-    if launcher == "torchrun":
-        env.update(
-            TORCHRUN=f"{sys.executable} -m torch.distributed.run",
-            NPROC_PER_NODE="2",
-            EXPERIMENT=str(experiment),
-            TRAINER_CONFIG="configs/trainer/ddp_cpu.yaml",
-        )
-        command = [BASH, str(SCRIPTS[1])]
-    else:
-        trainer = ["--config", "configs/trainer/ddp_cpu.yaml"]
-        command = [sys.executable, "-m", "usod.cli", "fit", "--config", str(experiment), *trainer]
+    env.update(
+        TORCHRUN=f"{sys.executable} -m torch.distributed.run",
+        NPROC_PER_NODE="2",
+        EXPERIMENT=str(experiment),
+        TRAINER_CONFIG="configs/trainer/ddp_cpu.yaml",
+    )
     result = subprocess.run(
-        [*command, "--trainer.default_root_dir", str(runs)],
+        [BASH, str(SCRIPTS[1]), "--trainer.default_root_dir", str(runs)],
         env=env,
         cwd=REPO,
         capture_output=True,
