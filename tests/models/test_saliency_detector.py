@@ -1,8 +1,10 @@
-"""Tests for the stage-2 saliency detector: RAM network, losses, PAR refiner, OLR/SPR label updates, DDP."""
+"""Tests for the stage-2 saliency detector: RAM network, losses, PAR refiner, OLR/SPR label updates.
+
+DDP (2 gloo ranks against 1 process) is tested in tests/distributed/test_modules_ddp.py.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -353,54 +355,3 @@ def test_label_bank_commit_keeps_unseen_and_last_copy_wins() -> None:
     assert np.all(bank.labels["a"] == 64) and np.all(bank.labels["b"] == 255)
 
 
-# ---------------------------------------------------------------------------------------------- DDP
-class _DumpLabels(pl.Callback):
-    def __init__(self, folder: str) -> None:
-        self.folder = folder
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        labels = pl_module.export_labels()
-        np.savez(
-            os.path.join(self.folder, f"rank{trainer.global_rank}.npz"),
-            **{k.replace("/", "|"): v for k, v in labels.items()},
-        )
-
-
-def _ddp_model() -> SaliencyDetector:
-    torch.manual_seed(0)
-    # lr = 0 and batch size 1 make every prediction independent of how samples are split over ranks.
-    return SaliencyDetector(
-        backbone=BACKBONE, label_update="olr", olr_warmup_epochs=0, hflip=False, lr=0.0, lr_milestones=()
-    )
-
-
-def test_ddp_ranks_share_labels_equal_to_single_process(tmp_path: Path) -> None:
-    samples = make_samples(4)
-    single = _ddp_model()
-    trainer(1).fit(single, loader(samples, batch_size=1))
-    expected = single.export_labels()
-
-    ddp = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[_DumpLabels(str(tmp_path))],
-    )
-    ddp.fit(_ddp_model(), loader(samples, batch_size=1))
-    ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2)]
-    for labels in ranks:
-        labels = {k.replace("|", "/"): v for k, v in labels.items()}
-        assert sorted(labels) == sorted(expected)
-        for k, v in expected.items():
-            diff = np.abs(labels[k].astype(int) - v.astype(int))
-            assert diff.max() <= 1 and (diff == 0).mean() > 0.99
-    for k in ranks[0]:
-        np.testing.assert_array_equal(ranks[0][k], ranks[1][k])
-    # The update really happened (lambda = 0.4 from epoch 0).
-    initial = (samples[0]["pseudo"][0] * 255).numpy().astype(np.uint8)
-    assert not np.array_equal(expected["seq/img0"], initial)

@@ -20,6 +20,10 @@ class USODModule(pl.LightningModule):
 
     ``predict_step`` of every usod module returns ``{"id", "size", "saliency"}`` (saliency Bx1xhxw in
     [0, 1]), which :class:`~usod.labels.PseudoLabelWriter` and ``usod predict`` consume.
+
+    Testing (``Trainer.test``, ``usod test``) scores the test split exactly like validation: ``test_step``
+    and ``on_test_epoch_end`` run the module's validation hooks, and every ``val_*`` value they log is
+    logged as ``test_*`` instead.
     """
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -30,6 +34,23 @@ class USODModule(pl.LightningModule):
         hparams = checkpoint.get("hyper_parameters")
         if isinstance(hparams, dict) and "_class_path" not in hparams:
             hparams["_class_path"] = class_path
+
+    def _testing(self) -> bool:
+        return self._trainer is not None and bool(self._trainer.testing)
+
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        """:meth:`LightningModule.log`, with ``val_*`` names renamed ``test_*`` while testing."""
+        if name.startswith("val_") and self._testing():
+            name = "test_" + name[len("val_") :]
+        super().log(name, value, *args, **kwargs)
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        """Score a test batch as :meth:`validation_step` scores a validation batch (logged as ``test_*``)."""
+        return self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        """Log the epoch's test scores through :meth:`on_validation_epoch_end` (as ``test_*``)."""
+        self.on_validation_epoch_end()
 
 
 def _without_weight_files(hparams: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from usod.data.datasets import get_dataset, get_dataset_class
 from usod.data.transforms import EvalTransform, GPUAugmentation, TrainTransform
@@ -37,6 +37,8 @@ class SODDataModule(pl.LightningDataModule):
     The training split never reads ground truth: it yields ``image`` (plus the auxiliary modalities) and,
     when a pseudo-label directory is attached, ``pseudo``. Validation and test splits read ``mask``.
     Prediction runs over the training images by default (that is how pseudo labels are written).
+    Under DDP, validation and test give each sample to exactly one rank (no padded repeats), so the metrics,
+    synchronised through their states, equal a single-process run.
 
     Args:
         dataset: registered dataset name for training (see ``usod list datasets``).
@@ -196,14 +198,39 @@ class SODDataModule(pl.LightningDataModule):
         return batch
 
     # -- loaders --------------------------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+    def _evaluation_sampler(self, dataset: Dataset) -> Sampler | None:
+        """Under DDP, a sampler that gives every evaluation sample to exactly one rank (no padding).
+
+        Lightning's default for validation and test, a ``DistributedSampler``, pads the split with repeated
+        samples to a multiple of the world size, which counts those samples twice in the metrics. This one
+        splits the samples without repeats (ranks differ by at most one batch), so metrics synchronised
+        through their states equal a single-process run. Only used when every rank gets at least one sample
+        and Lightning's ``use_distributed_sampler`` is on; otherwise Lightning's default applies.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if not getattr(connector, "use_distributed_sampler", True):
+            return None
+        if len(dataset) < trainer.world_size:  # type: ignore[arg-type]
+            return None
+        from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool, evaluation: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError("setup() has not built this split yet")
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        sampler = self._evaluation_sampler(dataset) if evaluation else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
@@ -216,10 +243,10 @@ class SODDataModule(pl.LightningDataModule):
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set, shuffle=False, evaluation=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set, shuffle=False, evaluation=True)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_set, shuffle=False)

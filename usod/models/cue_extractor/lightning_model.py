@@ -197,6 +197,9 @@ class CueExtractor(USODModule):
             FeatureCache(_CACHE_DTYPES[feature_cache_dtype], max_bytes) if feature_cache else None
         )
         self.val_mae = MeanMetric()
+        # a metric, not ``self.log(..., sync_dist=True)``: its sum and count states are reduced over DDP
+        # ranks, which stays exact when ranks score different numbers of images
+        self.val_loss = MeanMetric()
 
     # ------------------------------------------------------------------ helpers
     def forward(self, images: Tensor, aux: Tensor | None = None) -> CueExtractorOutput:
@@ -298,7 +301,8 @@ class CueExtractor(USODModule):
         images = self._images(batch)
         out = self.model(images, self._aux(batch, images)[1])
         bs = images.shape[0]
-        self.log("val_loss", self._loss(out), batch_size=bs, sync_dist=True)
+        self.val_loss.update(self._loss(out).detach(), weight=bs)
+        self.log("val_loss", self.val_loss, batch_size=bs)
         mask = batch.get("mask")
         if mask is not None:
             mask = mask.float()

@@ -504,7 +504,11 @@ class SaliencyDetector(USODModule):
             return
         scores = self.val_metrics.compute()
         for key in _VAL_KEYS:
-            self.log(f"val_{key}", scores[key].float(), prog_bar=key == "max_f")
+            # already reduced over DDP ranks (the same on all): "max" keeps them exact and tells Lightning
+            # that they are synchronised
+            self.log(
+                f"val_{key}", scores[key].float(), prog_bar=key == "max_f", sync_dist=True, reduce_fx="max"
+            )
         self.val_metrics.reset()
         self._val_has_mask = False
 
