@@ -410,9 +410,13 @@ def score_round(config: PipelineConfig, round_name: str) -> dict[str, Any] | Non
         return None  # no ground truth: nothing to score against
     if any(files.mask is None for files in dataset.files):
         return None
+    from usod.progress import progress_bar
+
     store = PseudoLabelStore(config.out / "labels")
     metric = SODMetrics()
-    for index, files in enumerate(dataset.files):
+    indices = progress_bar(range(len(dataset.files)), desc=f"score {round_name}", unit="img")
+    for index in indices:
+        files = dataset.files[index]
         sample = dataset.load_raw(index)
         label = store.read(files.id, round_name)
         metric.update(torch.tensor(label)[None], torch.tensor(sample["mask"])[None])
@@ -451,12 +455,12 @@ def evaluate_checkpoint(
         ``{"scores": {...}, "curves": {...}}`` as :func:`score_round`.
     """
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
 
     from usod.data.io import read_mask
     from usod.data.transforms import EvalTransform
     from usod.metrics import SODMetrics
     from usod.models.base import load_module, trained_image_size
+    from usod.progress import progress_bar
 
     model = load_module(ckpt, map_location=device)
     size = image_size or trained_image_size(ckpt) or 320
@@ -464,7 +468,7 @@ def evaluate_checkpoint(
     masks = {f.id: f.mask for f in dataset.files}
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     metric = SODMetrics()
-    for batch in tqdm(loader, desc=f"evaluate {Path(ckpt).name}", unit="batch", disable=not progress):
+    for batch in progress_bar(loader, desc=f"evaluate {Path(ckpt).name}", unit="batch", enabled=progress):
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         saliency = model.predict_step(batch, 0)["saliency"].float().cpu()
         for i, sample_id in enumerate(batch["id"]):

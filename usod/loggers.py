@@ -1,0 +1,319 @@
+"""Experiment logging: runs named by method and dataset, and media (PR curves, sample panels) for wandb.
+
+Scalars (losses, SOD metrics, pseudo-label quality) go through ``LightningModule.log`` and reach every
+logger. Media need a logger that shows them: :func:`log_curves` and :func:`log_panels` write to every
+:class:`~pytorch_lightning.loggers.WandbLogger` of a trainer (a table plus a line plot, and images), on
+rank zero only, and do nothing for other loggers.
+
+:class:`UsodWandbLogger` is a ``WandbLogger`` whose runs are named ``<method>-<dataset>``, grouped by
+dataset and tagged with the method, dataset and modality, so that a wandb dashboard grouped by run group
+compares methods per dataset. The ``usod fit|validate|test`` CLI fills these in from the model and
+datamodule before the run starts (``configs/logger/wandb.yaml``); from Python call
+:meth:`UsodWandbLogger.describe` before ``trainer.fit``.
+
+Example:
+    >>> logger = UsodWandbLogger(project="usod")  # doctest: +SKIP
+    >>> logger.describe(model, datamodule)  # doctest: +SKIP
+    >>> pl.Trainer(logger=logger).fit(model, datamodule=datamodule)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pytorch_lightning.loggers import WandbLogger
+from torch import Tensor
+
+__all__ = [
+    "PANEL_ORDER",
+    "RunIdentity",
+    "UsodWandbLogger",
+    "log_curves",
+    "log_panels",
+    "media_loggers",
+    "method_name",
+    "panel_strip",
+    "run_identity",
+]
+
+#: Column order of the sample panels (maps missing from a call are left out).
+PANEL_ORDER: tuple[str, ...] = ("image", "aux", "pseudo", "prediction", "mask")
+_PANEL_TITLES = {"image": "image", "aux": "aux", "pseudo": "pseudo label", "prediction": "prediction",
+                 "mask": "ground truth"}  # fmt: skip
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def method_name(model: Any) -> str:
+    """The registry name of a usod module (``usod list models``), else its class name in snake case."""
+    from usod.models.registry import MODELS
+
+    for name, cls in MODELS.items():
+        if type(model) is cls:
+            return name
+    for name, cls in MODELS.items():
+        if isinstance(model, cls):
+            return name
+    return _snake(type(model).__name__)
+
+
+def _dataset_of(datamodule: Any) -> tuple[str | None, str | None]:
+    """``(dataset name, modality)`` of a usod datamodule; a ``folder`` dataset is named after its root."""
+    name = getattr(datamodule, "dataset_name", None)
+    if name is None:
+        return None, None
+    modality = None
+    try:
+        from usod.data.datasets import get_dataset_class
+
+        modality = get_dataset_class(name).modality
+    except (KeyError, ValueError):
+        pass
+    root = getattr(datamodule, "root", None)
+    if name == "folder" and root is not None:
+        name = f"folder-{Path(root).name}"
+    return str(name), modality
+
+
+@dataclass
+class RunIdentity:
+    """Name, group, tags and config of a run (see :func:`run_identity`)."""
+
+    name: str
+    group: str | None
+    job_type: str
+    tags: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def run_identity(model: Any, datamodule: Any = None) -> RunIdentity:
+    """Who a run is: method (registry name), dataset and modality.
+
+    The run is named ``<method>-<dataset>``, grouped by dataset and tagged ``method``, ``dataset``,
+    ``modality`` (and the label-update rule of a detector), with those values in its config as well.
+
+    Args:
+        model: The LightningModule.
+        datamodule: The datamodule (a :class:`~usod.data.datamodules.SODDataModule` gives the dataset).
+    """
+    method = method_name(model)
+    dataset, modality = _dataset_of(datamodule)
+    hparams = getattr(model, "hparams", {}) or {}
+    aux = hparams.get("aux_modality")
+    if aux and aux not in ("none", "auto"):
+        modality = modality or aux
+    tags = [method]
+    config: dict[str, Any] = {"method": method}
+    if dataset:
+        tags.append(dataset)
+        config["dataset"] = dataset
+    if modality:
+        tags.append(modality)
+        config["modality"] = modality
+    label_update = hparams.get("label_update")
+    if isinstance(label_update, str) and label_update != "none":
+        tags.append(label_update)
+    name = f"{method}-{dataset}" if dataset else method
+    return RunIdentity(name=name, group=dataset, job_type=method, tags=tags, config=config)
+
+
+class UsodWandbLogger(WandbLogger):
+    """A ``WandbLogger`` that names, groups and tags its run after the method and dataset.
+
+    Arguments left ``None`` (``name``, ``group``, ``job_type``) are filled by :meth:`describe`; ``tags``
+    are extended. Without network, set ``WANDB_MODE=offline`` (or ``offline: true``): the run is written
+    under ``save_dir/wandb`` and can be uploaded later with ``wandb sync``.
+
+    Args:
+        name: Run name (default ``<method>-<dataset>``).
+        project: wandb project.
+        group: Run group (default: the dataset name).
+        job_type: Job type (default: the method name).
+        tags: Extra tags.
+        notes: Run notes.
+        save_dir: Folder of the local run files.
+        offline: Do not sync (same as ``WANDB_MODE=offline``).
+        log_model: Upload checkpoints as artifacts (see ``WandbLogger``).
+        prefix: Prefix of every metric key.
+        entity: wandb entity (user or team).
+        **kwargs: Further ``WandbLogger`` / ``wandb.init`` arguments.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        project: str = "usod",
+        group: str | None = None,
+        job_type: str | None = None,
+        tags: Sequence[str] | None = None,
+        notes: str | None = None,
+        save_dir: str = ".",
+        offline: bool = False,
+        log_model: bool | str = False,
+        prefix: str = "",
+        entity: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        extra = {"group": group, "job_type": job_type, "notes": notes, "entity": entity}
+        extra = {k: v for k, v in extra.items() if v is not None}
+        super().__init__(
+            name=name,
+            project=project,
+            save_dir=save_dir,
+            offline=offline,
+            log_model=log_model,
+            prefix=prefix,
+            tags=list(tags or []),
+            **extra,
+            **kwargs,
+        )
+        self.identity: RunIdentity | None = None
+
+    def describe(self, model: Any, datamodule: Any = None) -> RunIdentity:
+        """Name, group and tag the run after ``model`` and ``datamodule`` (call before the run starts).
+
+        Values given to the constructor are kept. When the run already started (wandb was initialised),
+        only its name, tags and config are updated.
+        """
+        identity = run_identity(model, datamodule)
+        self.identity = identity
+        init = self._wandb_init
+        init["name"] = init.get("name") or identity.name
+        init.setdefault("group", identity.group)
+        init.setdefault("job_type", identity.job_type)
+        tags = list(init.get("tags") or [])
+        init["tags"] = tags + [t for t in identity.tags if t not in tags]
+        config = dict(init.get("config") or {})
+        init["config"] = {**identity.config, **config}
+        if self._experiment is not None and hasattr(self._experiment, "config"):
+            run = self._experiment
+            run.name = init["name"]
+            run.tags = tuple(init["tags"])
+            run.config.update(init["config"], allow_val_change=True)
+        return identity
+
+
+def media_loggers(trainer: Any) -> list[WandbLogger]:
+    """The trainer's loggers that take media (wandb), or an empty list without a trainer."""
+    if trainer is None:
+        return []
+    return [lg for lg in getattr(trainer, "loggers", []) if isinstance(lg, WandbLogger)]
+
+
+def _is_global_zero(trainer: Any) -> bool:
+    return bool(getattr(trainer, "is_global_zero", True))
+
+
+def log_curves(
+    trainer: Any, key: str, curves: Mapping[str, Tensor | Sequence[float]], step: int | None = None
+) -> bool:
+    """Log average SOD curves (``precision``, ``recall``, ``f``, ``e`` over 256 thresholds) to wandb.
+
+    Writes a table ``key`` (threshold, precision, recall, f, e) and a precision-recall line plot
+    ``key`` + ``_plot``. Rank zero only (the curves must already be synchronised); no-op without a wandb
+    logger.
+
+    Returns:
+        Whether anything was logged.
+    """
+    loggers = media_loggers(trainer)
+    if not loggers or not _is_global_zero(trainer):
+        return False
+    import wandb
+
+    columns = ["threshold"] + [c for c in ("precision", "recall", "f", "e") if c in curves]
+    values = {c: np.asarray(torch.as_tensor(curves[c]).detach().cpu(), dtype=np.float64) for c in columns[1:]}
+    n = len(next(iter(values.values()))) if values else 0
+    rows = [[t] + [float(values[c][t]) for c in columns[1:]] for t in range(n)]
+    step = getattr(trainer, "global_step", None) if step is None else step
+    for logger in loggers:
+        table = wandb.Table(columns=columns, data=rows)
+        metrics: dict[str, Any] = {key: table}
+        if "precision" in values and "recall" in values:
+            metrics[f"{key}_plot"] = wandb.plot.line(table, "recall", "precision", title=f"{key} (PR curve)")
+        logger.log_metrics(metrics, step=step)
+    return True
+
+
+def _to_hwc_uint8(value: Tensor | np.ndarray) -> np.ndarray:
+    """CxHxW / HxW / HxWxC float in [0, 1] (or uint8) -> HxWx3 uint8; two channels (flow) get a third."""
+    arr = value.detach().float().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[0] in (1, 2, 3) and arr.shape[-1] not in (1, 2, 3):
+        arr = arr.transpose(1, 2, 0)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[-1] == 2:
+        arr = np.concatenate([arr, np.zeros_like(arr[..., :1])], axis=-1)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def panel_strip(maps: Mapping[str, Tensor | np.ndarray], size: int = 128) -> tuple[np.ndarray, list[str]]:
+    """One sample's maps side by side (``PANEL_ORDER``), each resized to ``size`` x ``size``.
+
+    Returns:
+        The HxWx3 uint8 strip and the titles of its columns.
+    """
+    import cv2
+
+    tiles, titles = [], []
+    for key in PANEL_ORDER:
+        if maps.get(key) is None:
+            continue
+        tile = _to_hwc_uint8(maps[key])
+        tiles.append(cv2.resize(tile, (size, size), interpolation=cv2.INTER_LINEAR))
+        titles.append(_PANEL_TITLES[key])
+    if not tiles:
+        raise ValueError(f"no maps to show; expected some of {PANEL_ORDER}")
+    return np.concatenate(tiles, axis=1), titles
+
+
+def log_panels(
+    trainer: Any,
+    key: str,
+    maps: Mapping[str, Tensor | None],
+    ids: Sequence[Any] | None = None,
+    max_samples: int = 4,
+    step: int | None = None,
+) -> bool:
+    """Log panels (image | pseudo label | prediction | ground truth) of the first samples of a batch.
+
+    Args:
+        trainer: The trainer (its wandb loggers receive the images; rank zero only).
+        key: Key of the image list, e.g. ``"val_panels"``.
+        maps: Batches (BxCxHxW, float in [0, 1]) named as in :data:`PANEL_ORDER` (``None``: skipped).
+        ids: Sample ids for the captions.
+        max_samples: Samples to show.
+        step: Step (default: the trainer's global step).
+
+    Returns:
+        Whether anything was logged.
+    """
+    loggers = media_loggers(trainer)
+    if not loggers or not _is_global_zero(trainer):
+        return False
+    present = {k: v for k, v in maps.items() if v is not None}
+    if not present:
+        return False
+    n = min(max_samples, *(int(v.shape[0]) for v in present.values()))
+    strips, captions = [], []
+    for i in range(n):
+        strip, titles = panel_strip({k: v[i] for k, v in present.items()})
+        strips.append(strip)
+        sample = f"{ids[i]}: " if ids is not None and i < len(ids) else ""
+        captions.append(sample + " | ".join(titles))
+    step = getattr(trainer, "global_step", None) if step is None else step
+    for logger in loggers:
+        logger.log_image(key, strips, step=step, caption=captions)
+    return True
