@@ -38,7 +38,19 @@ def lightning_main(args: Sequence[str] | None = None) -> None:
     from pytorch_lightning.cli import LightningCLI
 
     class UsodCLI(LightningCLI):
-        """LightningCLI over every registered LightningModule and LightningDataModule."""
+        """LightningCLI over every registered LightningModule and LightningDataModule.
+
+        Loggers with a ``describe(model, datamodule)`` method (:class:`usod.loggers.UsodWandbLogger`) learn
+        the method and dataset before the run starts, so that runs are named and grouped by them.
+        """
+
+        def after_instantiate_classes(self) -> None:
+            super().after_instantiate_classes()
+            trainer = getattr(self, "trainer", None)
+            for logger in getattr(trainer, "loggers", None) or []:
+                describe = getattr(logger, "describe", None)
+                if callable(describe):
+                    describe(self.model, getattr(self, "datamodule", None))
 
     import usod.models  # noqa: F401  (registers model classes for class_path resolution)
 

@@ -98,7 +98,8 @@ def run_identity(model: Any, datamodule: Any = None) -> RunIdentity:
     """Who a run is: method (registry name), dataset and modality.
 
     The run is named ``<method>-<dataset>``, grouped by dataset and tagged ``method``, ``dataset``,
-    ``modality`` (and the label-update rule of a detector), with those values in its config as well.
+    ``modality`` (and the label-update rule of a detector), with ``method``, ``dataset_name`` and
+    ``modality`` in its config as well.
 
     Args:
         model: The LightningModule.
@@ -114,7 +115,7 @@ def run_identity(model: Any, datamodule: Any = None) -> RunIdentity:
     config: dict[str, Any] = {"method": method}
     if dataset:
         tags.append(dataset)
-        config["dataset"] = dataset
+        config["dataset_name"] = dataset  # not "dataset": the datamodule's own hyper-parameter has that key
     if modality:
         tags.append(modality)
         config["modality"] = modality
@@ -212,6 +213,13 @@ def _is_global_zero(trainer: Any) -> bool:
     return bool(getattr(trainer, "is_global_zero", True))
 
 
+def _step(trainer: Any) -> int | None:
+    """The step Lightning gives logged scalars (optimizer steps taken), so media line up with them."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    step = getattr(loop, "_batches_that_stepped", None)
+    return int(step) if step is not None else getattr(trainer, "global_step", None)
+
+
 def log_curves(
     trainer: Any, key: str, curves: Mapping[str, Tensor | Sequence[float]], step: int | None = None
 ) -> bool:
@@ -233,7 +241,7 @@ def log_curves(
     values = {c: np.asarray(torch.as_tensor(curves[c]).detach().cpu(), dtype=np.float64) for c in columns[1:]}
     n = len(next(iter(values.values()))) if values else 0
     rows = [[t] + [float(values[c][t]) for c in columns[1:]] for t in range(n)]
-    step = getattr(trainer, "global_step", None) if step is None else step
+    step = _step(trainer) if step is None else step
     for logger in loggers:
         table = wandb.Table(columns=columns, data=rows)
         metrics: dict[str, Any] = {key: table}
@@ -313,7 +321,7 @@ def log_panels(
         strips.append(strip)
         sample = f"{ids[i]}: " if ids is not None and i < len(ids) else ""
         captions.append(sample + " | ".join(titles))
-    step = getattr(trainer, "global_step", None) if step is None else step
+    step = _step(trainer) if step is None else step
     for logger in loggers:
         logger.log_image(key, strips, step=step, caption=captions)
     return True

@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from usod.data import io
 from usod.data.datasets import SampleFiles, SODDataset, VideoDataset, get_dataset_class
 from usod.data.io import InvalidInputError, LayoutError

@@ -79,7 +79,7 @@ def score_labels(
     device = metric.n.device
     for sample_id in progress_bar(todo, desc="label quality", unit="img", enabled=progress):
         mask = read_mask(masks[sample_id])
-        label = np.asarray(labels[sample_id], dtype=np.uint8)
+        label = np.array(labels[sample_id], dtype=np.uint8)
         if label.shape != mask.shape:
             label = cv2.resize(label, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)
         metric.update(torch.from_numpy(label)[None].to(device), torch.from_numpy(mask)[None].to(device))
