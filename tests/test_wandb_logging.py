@@ -122,3 +122,221 @@ def test_cli_fit_and_test_log_everything_to_an_offline_run(tmp_path: Path, wandb
     expected = {f"test_{k}" for k in ("mae", "max_f", "mean_f", "adp_f", "max_e", "mean_e", "adp_e")}
     assert expected | {"test_s_measure", "test_w_f", "test_pr_curve", "test_panels"} <= test_keys
     assert runs[1].name == "saliency_detector-folder-data"
+
+
+@pytest.mark.slow
+def test_pipeline_logs_stages_and_label_rounds_to_one_run(tmp_path: Path, wandb_offline: Path) -> None:
+    from usod.pipeline import PipelineConfig, run_pipeline
+
+    root = write_dataset(tmp_path / "data", "rgb", 4, size=(40, 48))
+    config = PipelineConfig(
+        out=tmp_path / "run",
+        root=root,
+        image_size=32,
+        batch_size=2,
+        log_every_n_steps=1,
+        num_workers=0,
+        postprocess_workers=0,
+        stage1_epochs=1,
+        stage1={"backbone": TINY, "head_channels": 8},
+        stage2_epochs=1,
+        stage2={"channels": 8, "label_update": "olr", "olr_warmup_epochs": 0},
+        accelerator="cpu",
+        logger={"type": "wandb", "tags": ["smoke"]},
+    )
+    summary = run_pipeline(config)
+    (run,) = offline_runs(tmp_path / "run")
+    assert run.name == "a2s_pipeline-folder-data" and run.group == "folder-data"
+    assert {"a2s_pipeline", "folder-data", "rgb", "olr", "smoke"} <= set(run.tags)
+    assert run.config["pipeline"]["stage1_epochs"] == 1
+    assert run.config["stage2"]["label_update"] == "olr"  # the stage's hyper-parameters, not overwritten
+    keys = run.keys()
+    assert {"stage1-train_loss", "stage2-train_loss", "stage2-label_max_f", "stage2-label_pr_curve"} <= keys
+    assert {"labels", "labels_scores", "labels_curves", "labels_pr_plot_table", "report"} <= keys
+    # the report's label-round scores are the ones logged
+    logged = run.values("labels/stage1/max_f")
+    assert logged == [pytest.approx(summary["metrics"]["stage1"]["max_f"])]
+    assert run.values("labels/stage2-pred/mae") == [pytest.approx(summary["metrics"]["stage2-pred"]["mae"])]
+    # the CSV logs are still written
+    assert (tmp_path / "run" / "logs" / "stage2").is_dir()
+    import wandb
+
+    assert wandb.run is None  # the pipeline finished its run
+
+
+def test_pipeline_logger_setting_errors() -> None:
+    from usod.pipeline import logger_settings
+
+    assert logger_settings(None) is None and logger_settings("csv") is None
+    assert logger_settings("wandb") == {"type": "wandb"}
+    assert logger_settings({"project": "p"}) == {"project": "p", "type": "wandb"}
+    with pytest.raises(ValueError, match="unknown logger 'tensorboard'"):
+        logger_settings("tensorboard")
+    with pytest.raises(ValueError, match="unknown logger settings \\['projcet'\\]"):
+        logger_settings({"type": "wandb", "projcet": "x"})
+
+
+# ---------------------------------------------------------------------------------------------- unit tests
+def test_runs_are_named_and_grouped_by_method_and_dataset(tmp_path: Path) -> None:
+    from usod.data.datamodules import RGBDataModule, RGBDDataModule
+    from usod.loggers import method_name, run_identity
+    from usod.models.cue_extractor import CueExtractor
+    from usod.models.deepusps import DeepUSPSRefiner
+    from usod.models.registry import MODELS
+    from usod.models.saliency_detector import SaliencyDetector
+
+    rgbd = write_dataset(tmp_path / "rgbd", "rgbd", 2, size=(32, 32))
+    detector = SaliencyDetector(backbone=TINY, channels=8, label_update="spr", aux_modality="depth")
+    identity = run_identity(detector, RGBDDataModule(dataset="nju2k", root=rgbd))
+    assert (identity.name, identity.group) == ("saliency_detector-nju2k", "nju2k")
+    assert identity.job_type == "saliency_detector"
+    assert identity.tags == ["saliency_detector", "nju2k", "rgbd", "spr"]
+    assert identity.config == {"method": "saliency_detector", "dataset_name": "nju2k", "modality": "rgbd"}
+
+    cue = CueExtractor(backbone=TINY, head_channels=8)
+    identity = run_identity(cue, RGBDataModule(dataset="folder", root=tmp_path / "my_images"))
+    assert identity.name == "cue_extractor-folder-my_images" and identity.group == "folder-my_images"
+    assert identity.tags == ["cue_extractor", "folder-my_images", "rgb"]
+    assert run_identity(DeepUSPSRefiner(backbone=TINY, channels=8)).name == "deepusps_refiner"  # no data
+
+    for name, cls in MODELS.items():  # every registered module is named after its registry entry
+        assert method_name(cls.__new__(cls)) == name
+
+    class MyDetector(SaliencyDetector):
+        pass
+
+    assert method_name(MyDetector.__new__(MyDetector)) == "saliency_detector"
+
+
+def test_describe_fills_only_what_the_config_left_open(wandb_offline: Path, tmp_path: Path) -> None:
+    import wandb
+
+    from usod.data.datamodules import RGBDataModule
+    from usod.loggers import UsodWandbLogger
+    from usod.models.cue_extractor import CueExtractor
+
+    model = CueExtractor(backbone=TINY, head_channels=8)
+    data = RGBDataModule(dataset="duts", root=tmp_path)
+    logger = UsodWandbLogger(group="ablation", tags=["mine"], save_dir=str(tmp_path / "runs"))
+    logger.describe(model, data)
+    assert logger._wandb_init["name"] == "cue_extractor-duts"
+    assert logger._wandb_init["group"] == "ablation" and logger._wandb_init["job_type"] == "cue_extractor"
+    assert logger._wandb_init["tags"] == ["mine", "cue_extractor", "duts", "rgb"]
+    run = logger.experiment  # starts the run with those settings
+    assert (run.name, run.group) == ("cue_extractor-duts", "ablation")
+    named = UsodWandbLogger(name="baseline", save_dir=str(tmp_path / "runs"))
+    named.describe(model, data)
+    assert named._wandb_init["name"] == "baseline" and named._wandb_init["group"] == "duts"
+    wandb.finish()
+
+
+def test_label_quality_scores_labels_like_the_metrics(tmp_path: Path) -> None:
+    """The callback's scores equal SODMetrics on the same labels resized to the masks' size."""
+    import torch
+
+    from usod.labels.quality import PseudoLabelQuality, score_labels
+    from usod.metrics import SODMetrics
+
+    rng = np.random.default_rng(0)
+    masks_dir = tmp_path / "masks"
+    masks_dir.mkdir()
+    labels, masks = {}, {}
+    for i in range(3):
+        mask = np.zeros((30, 40), np.uint8)
+        mask[5 + i : 20, 8:30] = 255
+        cv2.imwrite(str(masks_dir / f"s{i}.png"), mask)
+        masks[f"s{i}"] = mask
+        labels[f"s{i}"] = rng.integers(0, 256, size=(15, 20), dtype=np.uint8)  # half resolution
+
+    expected = SODMetrics()
+    for sid, mask in masks.items():
+        up = cv2.resize(labels[sid], (40, 30), interpolation=cv2.INTER_LINEAR)
+        expected.update(torch.from_numpy(up)[None], torch.from_numpy(mask)[None])
+    want = expected.compute()
+    got = score_labels(labels, {s: masks_dir / f"{s}.png" for s in masks}).compute()
+    assert all(float(got[k]) == pytest.approx(float(want[k])) for k in want)
+
+    class _Module:  # what the callback reads from a module with label updates
+        label_listeners: list = []
+        device = torch.device("cpu")
+        trainer = None
+
+        def __init__(self) -> None:
+            self.logged: dict[str, float] = {}
+
+        def export_labels(self, original_size: bool = False) -> dict[str, np.ndarray]:
+            return labels
+
+        def log(self, key: str, value: float) -> None:
+            self.logged[key] = value
+
+    callback = PseudoLabelQuality(masks=masks_dir)
+    module = _Module()
+    callback.setup(None, module, "fit")  # type: ignore[arg-type]
+    assert module.label_listeners == [callback.score]
+    assert callback.score(module, 3, []) is None  # no update, nothing scored
+    entry = module.label_listeners[0](module, 3, ["s0"])
+    assert entry["epoch"] == 3 and module.logged["label_epoch"] == 3.0
+    assert module.logged["label_max_f"] == pytest.approx(float(want["max_f"]))
+    assert module.logged["label_w_f"] == pytest.approx(float(want["w_f"]))
+    with pytest.raises(FileNotFoundError, match="mask folder not found"):
+        PseudoLabelQuality(masks=tmp_path / "nope").setup(None, _Module(), "fit")  # type: ignore[arg-type]
+
+
+def test_training_masks_only_when_the_training_images_have_ground_truth(tmp_path: Path) -> None:
+    import shutil
+
+    from usod.data.datamodules import RGBDataModule
+    from usod.labels.quality import training_masks
+
+    root = write_dataset(tmp_path / "data", "rgb", 3, size=(32, 32))
+    masks = training_masks(RGBDataModule(dataset="folder", root=root))
+    assert masks is not None and sorted(masks) == ["synth_00000", "synth_00001", "synth_00002"]
+    assert all(p.parent.name == "masks" for p in masks.values())
+    shutil.rmtree(root / "masks")
+    assert training_masks(RGBDataModule(dataset="folder", root=root)) is None
+    assert training_masks(object()) is None
+
+
+def test_panels_put_maps_side_by_side() -> None:
+    import torch
+
+    from usod.loggers import panel_strip
+
+    maps = {"mask": torch.ones(1, 8, 8), "image": torch.zeros(3, 16, 16)}
+    maps["prediction"] = np.full((4, 4), 128, np.uint8)
+    strip, titles = panel_strip(maps, size=10)
+    assert strip.shape == (10, 30, 3) and strip.dtype == np.uint8
+    assert titles == ["image", "prediction", "ground truth"]
+    assert strip[:, :10].max() == 0 and (strip[:, 10:20] == 128).all() and (strip[:, 20:] == 255).all()
+    with pytest.raises(ValueError, match="no maps"):
+        panel_strip({})
+
+
+def test_progress_bars_follow_tty_env_and_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from usod.progress import progress_bar, progress_enabled
+
+    class _Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("USOD_PROGRESS", raising=False)
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert not progress_enabled()  # not a terminal
+    monkeypatch.setattr("sys.stderr", _Tty())
+    assert progress_enabled() and not progress_enabled(False)
+    monkeypatch.setenv("USOD_PROGRESS", "0")
+    assert not progress_enabled()
+    monkeypatch.setenv("USOD_PROGRESS", "1")
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert progress_enabled()
+    monkeypatch.setenv("RANK", "1")
+    assert not progress_enabled()  # only rank zero shows bars
+    monkeypatch.delenv("RANK")
+    out = io.StringIO()
+    assert list(progress_bar(range(3), desc="work", file=out)) == [0, 1, 2]
+    assert "work" in out.getvalue() and "3/3" in out.getvalue()

@@ -32,10 +32,14 @@ from torch import Tensor
 
 __all__ = [
     "PANEL_ORDER",
+    "dataset_label",
     "RunIdentity",
+    "StageWandbLogger",
     "UsodWandbLogger",
     "log_curves",
     "log_panels",
+    "log_results",
+    "make_identity",
     "media_loggers",
     "method_name",
     "panel_strip",
@@ -65,11 +69,8 @@ def method_name(model: Any) -> str:
     return _snake(type(model).__name__)
 
 
-def _dataset_of(datamodule: Any) -> tuple[str | None, str | None]:
-    """``(dataset name, modality)`` of a usod datamodule; a ``folder`` dataset is named after its root."""
-    name = getattr(datamodule, "dataset_name", None)
-    if name is None:
-        return None, None
+def dataset_label(name: str, root: str | Path | None = None) -> tuple[str, str | None]:
+    """``(label, modality)`` of a registered dataset; a ``folder`` dataset is labelled after its root."""
     modality = None
     try:
         from usod.data.datasets import get_dataset_class
@@ -77,10 +78,17 @@ def _dataset_of(datamodule: Any) -> tuple[str | None, str | None]:
         modality = get_dataset_class(name).modality
     except (KeyError, ValueError):
         pass
-    root = getattr(datamodule, "root", None)
     if name == "folder" and root is not None:
         name = f"folder-{Path(root).name}"
     return str(name), modality
+
+
+def _dataset_of(datamodule: Any) -> tuple[str | None, str | None]:
+    """``(dataset label, modality)`` of a usod datamodule (``None``s for another datamodule)."""
+    name = getattr(datamodule, "dataset_name", None)
+    if name is None:
+        return None, None
+    return dataset_label(name, getattr(datamodule, "root", None))
 
 
 @dataclass
@@ -105,12 +113,19 @@ def run_identity(model: Any, datamodule: Any = None) -> RunIdentity:
         model: The LightningModule.
         datamodule: The datamodule (a :class:`~usod.data.datamodules.SODDataModule` gives the dataset).
     """
-    method = method_name(model)
     dataset, modality = _dataset_of(datamodule)
     hparams = getattr(model, "hparams", {}) or {}
     aux = hparams.get("aux_modality")
     if aux and aux not in ("none", "auto"):
         modality = modality or aux
+    label_update = hparams.get("label_update")
+    return make_identity(method_name(model), dataset, modality, label_update)
+
+
+def make_identity(
+    method: str, dataset: str | None = None, modality: str | None = None, label_update: str | None = None
+) -> RunIdentity:
+    """A :class:`RunIdentity` from its parts (see :func:`run_identity`)."""
     tags = [method]
     config: dict[str, Any] = {"method": method}
     if dataset:
@@ -119,7 +134,6 @@ def run_identity(model: Any, datamodule: Any = None) -> RunIdentity:
     if modality:
         tags.append(modality)
         config["modality"] = modality
-    label_update = hparams.get("label_update")
     if isinstance(label_update, str) and label_update != "none":
         tags.append(label_update)
     name = f"{method}-{dataset}" if dataset else method
@@ -325,3 +339,72 @@ def log_panels(
     for logger in loggers:
         logger.log_image(key, strips, step=step, caption=captions)
     return True
+
+
+class StageWandbLogger(WandbLogger):
+    """A ``WandbLogger`` on a shared run for one stage of a multi-stage job (``usod pipeline``).
+
+    Metrics get the prefix ``<stage>-`` and the stage's hyper-parameters go under ``config[<stage>]``, so
+    stages that share a run do not overwrite each other's settings.
+
+    Args:
+        run: The started wandb run (``wandb.init``).
+        stage: Stage name (the prefix).
+    """
+
+    def __init__(self, run: Any, stage: str) -> None:
+        super().__init__(experiment=run, prefix=stage)
+        self.stage = stage
+
+    def log_hyperparams(self, params: Any) -> None:
+        """Log the stage's hyper-parameters under ``config[<stage>]`` (rank zero only)."""
+        from lightning_fabric.utilities.logger import (
+            _convert_json_serializable,
+            _convert_params,
+            _sanitize_callable_params,
+        )
+        from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+        if rank_zero_only.rank != 0:
+            return
+        params = _convert_json_serializable(_sanitize_callable_params(_convert_params(params)))
+        self.experiment.config.update({self.stage: params}, allow_val_change=True)
+
+
+def log_results(run: Any, key: str, results: Mapping[str, Mapping[str, Any]]) -> None:
+    """Log ``{name: {"scores": {...}, "curves": {...}}}`` (e.g. label rounds) to a wandb run.
+
+    Writes each score as ``<key>/<name>/<metric>`` (and into the run summary), a table ``<key>_scores``
+    (one row per name) and a long-form curve table ``<key>_curves`` (name, threshold, precision, recall,
+    f) with a PR line plot per name.
+    """
+    import wandb
+
+    if not results:
+        return
+    metrics: dict[str, Any] = {}
+    score_keys: list[str] = []
+    for result in results.values():
+        score_keys += [k for k in result.get("scores", {}) if k not in score_keys]
+    rows = []
+    for name, result in results.items():
+        scores = result.get("scores", {})
+        rows.append([name] + [scores.get(k) for k in score_keys])
+        for metric, value in scores.items():
+            metrics[f"{key}/{name}/{metric}"] = value
+    metrics[f"{key}_scores"] = wandb.Table(columns=["name", *score_keys], data=rows)
+    curve_rows = []
+    for name, result in results.items():
+        curves = result.get("curves") or {}
+        if "precision" not in curves or "recall" not in curves:
+            continue
+        f = curves.get("f", [None] * len(curves["precision"]))
+        for t, (p, r, fv) in enumerate(zip(curves["precision"], curves["recall"], f, strict=True)):
+            curve_rows.append([name, t, float(p), float(r), None if fv is None else float(fv)])
+    if curve_rows:
+        table = wandb.Table(columns=["name", "threshold", "precision", "recall", "f"], data=curve_rows)
+        metrics[f"{key}_curves"] = table
+        metrics[f"{key}_pr_plot"] = wandb.plot.line(
+            table, "recall", "precision", stroke="name", title=f"{key}: PR curves"
+        )
+    run.log(metrics)

@@ -13,14 +13,23 @@ Steps (each skipped when its output already exists, so an interrupted run resume
 4. ``report``: score the rounds against ground truth when the dataset has it (pseudo-label quality), score
    each stage's checkpoint on the held-out ``eval`` sets, and write ``OUT/report/metrics.json``,
    ``pr_curves*.png`` and ``grid.png`` (image / labels / prediction / ground truth).
+
+Every training stage logs to ``OUT/logs/<stage>/`` (CSV). With ``logger: wandb`` the whole pipeline is one
+wandb run as well (named ``a2s_pipeline-<dataset>``, grouped by dataset): the stages' losses as
+``stage1-train_loss``, ``stage2-train_loss``, the quality of every stage-2 label round
+(``stage2-label_max_f``, ...) and, from the report, every round's and held-out set's scores, PR curves and
+the sample grid.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +46,13 @@ log = logging.getLogger(__name__)
 RAW_ROUND = "stage1-raw"
 LABEL_ROUND = "stage1"
 STAGE2_ROUND = "stage2-pred"
+LOGGER_TYPES = ("csv", "wandb")
+#: Method name of pipeline runs in wandb.
+PIPELINE_METHOD = "a2s_pipeline"
+_LOGGER_KEYS = {"type", "project", "name", "group", "tags", "entity", "save_dir", "offline", "notes"}
+
+#: The wandb run of the pipeline that is running (``logger: wandb``), else None.
+_RUN: contextvars.ContextVar[Any] = contextvars.ContextVar("usod_pipeline_run", default=None)
 
 
 @dataclass
@@ -64,6 +80,12 @@ class PipelineConfig:
             are never used for training).
         accelerator: Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``).
         seed: Global seed.
+        log_every_n_steps: Training steps between logged losses.
+        logger: ``None`` or ``"csv"`` (CSV logs in ``OUT/logs`` only), ``"wandb"``, or a mapping
+            ``{"type": "wandb", "project", "name", "group", "tags", "entity", "save_dir", "offline",
+            "notes"}``: also log everything to one wandb run (project ``usod``; name
+            ``a2s_pipeline-<dataset>`` and group ``<dataset>`` unless given; files under ``OUT`` unless
+            ``save_dir``). ``WANDB_MODE=offline`` works without network.
     """
 
     out: Path
@@ -83,10 +105,13 @@ class PipelineConfig:
     eval: list[dict[str, Any]] = field(default_factory=list)
     accelerator: str = "auto"
     seed: int = 0
+    log_every_n_steps: int = 5
+    logger: str | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         self.root = Path(self.root)
+        self.logger = logger_settings(self.logger)
         if isinstance(self.postprocess, dict):
             self.postprocess = PostProcessConfig(**self.postprocess)
         for index, entry in enumerate(self.eval):
@@ -98,6 +123,62 @@ class PipelineConfig:
         names = [eval_name(e) for e in self.eval]
         if len(set(names)) != len(names):
             raise ValueError(f"eval set names must be unique, got {names}; give each a 'name'")
+
+
+def logger_settings(value: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    """The pipeline's ``logger`` setting as ``{"type": ..., ...}`` (``None`` for CSV only).
+
+    Raises:
+        ValueError: An unknown logger type or setting.
+    """
+    if value is None:
+        return None
+    settings = {"type": value} if isinstance(value, str) else dict(value)
+    kind = str(settings.get("type", "wandb")).lower()
+    if kind not in LOGGER_TYPES:
+        raise ValueError(f"unknown logger {kind!r}; expected one of {LOGGER_TYPES}")
+    unknown = sorted(set(settings) - _LOGGER_KEYS)
+    if unknown:
+        raise ValueError(f"unknown logger settings {unknown}; known: {sorted(_LOGGER_KEYS)}")
+    if kind == "csv":
+        return None
+    return {**settings, "type": kind}
+
+
+@contextlib.contextmanager
+def _wandb_session(config: PipelineConfig) -> Iterator[Any]:
+    """Start the pipeline's wandb run (``logger: wandb``) for the duration of the block."""
+    settings = config.logger
+    if not settings:
+        yield None
+        return
+    import wandb
+
+    from usod.loggers import dataset_label, make_identity
+
+    label_update = config.stage2.get("label_update", "olr") if config.stage2_epochs > 0 else None
+    identity = make_identity(PIPELINE_METHOD, *dataset_label(config.dataset, config.root), label_update)
+    save_dir = Path(settings.get("save_dir") or config.out)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=settings.get("project", "usod"),
+        entity=settings.get("entity"),
+        name=settings.get("name") or identity.name,
+        group=settings.get("group") or identity.group,
+        job_type=identity.job_type,
+        tags=identity.tags + [t for t in settings.get("tags", []) if t not in identity.tags],
+        notes=settings.get("notes"),
+        dir=str(save_dir),
+        mode="offline" if settings.get("offline") else None,
+        config={**identity.config, "pipeline": json.loads(json.dumps(asdict(config), default=str))},
+        reinit="create_new",
+    )
+    token = _RUN.set(run)
+    try:
+        yield run
+    finally:
+        _RUN.reset(token)
+        run.finish()
 
 
 def eval_name(entry: dict[str, Any]) -> str:
@@ -127,16 +208,22 @@ def _trainer(config: PipelineConfig, max_epochs: int, name: str, callbacks: list
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
 
+    loggers: list[Any] = [CSVLogger(config.out / "logs", name=name)]
+    run = _RUN.get()
+    if run is not None:
+        from usod.loggers import StageWandbLogger
+
+        loggers.append(StageWandbLogger(run, name))
     return pl.Trainer(
         accelerator=config.accelerator,
         devices=1,
         max_epochs=max_epochs,
-        logger=CSVLogger(config.out / "logs", name=name),
+        logger=loggers,
         enable_checkpointing=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        log_every_n_steps=5,
+        log_every_n_steps=config.log_every_n_steps,
         callbacks=callbacks,
     )
 
@@ -363,9 +450,11 @@ def write_stage1_labels(config: PipelineConfig, ckpt: Path) -> Path:
 def train_stage2(config: PipelineConfig) -> Path:
     """Train the saliency detector on the stage-1 labels with online label updates (``OUT/stage2.ckpt``).
 
-    Each epoch's rectified labels are written to the store as ``stage2-epoch<j>`` rounds.
+    Each epoch's rectified labels are written to the store as ``stage2-epoch<j>`` rounds and, when the
+    training images have ground truth, scored (``label_*`` in the stage's logs).
     """
     from usod.labels import PseudoLabelStore
+    from usod.labels.quality import PseudoLabelQuality
     from usod.models.saliency_detector import LabelRoundWriter, SaliencyDetector
 
     ckpt = config.out / "stage2.ckpt"
@@ -374,7 +463,8 @@ def train_stage2(config: PipelineConfig) -> Path:
         return ckpt
     store = PseudoLabelStore(config.out / "labels")
     model = SaliencyDetector(**{"backbone": config.stage1.get("backbone"), **config.stage2})
-    trainer = _trainer(config, config.stage2_epochs, "stage2", callbacks=[LabelRoundWriter(store)])
+    callbacks = [LabelRoundWriter(store), PseudoLabelQuality()]
+    trainer = _trainer(config, config.stage2_epochs, "stage2", callbacks=callbacks)
     trainer.fit(model, datamodule=_datamodule(config, pseudo_dir=store.round_dir(LABEL_ROUND), stage=2))
     _save_checkpoint(trainer, ckpt)
     return ckpt
@@ -587,6 +677,16 @@ def write_report(config: PipelineConfig, timings: dict[str, float]) -> dict[str,
         if curves:
             _plot_curves(curves, report_dir / f"pr_curves_{_safe(name)}.png")
     _grid(config, rounds, report_dir / "grid.png")
+    run = _RUN.get()
+    if run is not None:
+        import wandb
+
+        from usod.loggers import log_results
+
+        log_results(run, "labels", results)
+        log_results(run, "eval", held_out)
+        run.log({"report/grid": wandb.Image(str(report_dir / "grid.png"))})
+        run.summary.update({f"timings_s/{k}": v for k, v in timings.items()})
     return summary
 
 
@@ -596,6 +696,11 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     config.out.mkdir(parents=True, exist_ok=True)
+    with _wandb_session(config):
+        return _run_steps(config)
+
+
+def _run_steps(config: PipelineConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     ckpt = train_stage1(config)
