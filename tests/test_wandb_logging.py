@@ -110,7 +110,7 @@ def test_cli_fit_and_test_log_everything_to_an_offline_run(tmp_path: Path, wandb
     assert run.values("label_epoch") == [0.0, 1.0]
     max_f = run.values("label_max_f")
     assert len(max_f) == 2 and all(0.0 < f < 1.0 for f in max_f)
-    assert {"label_mae", "label_s_measure", "label_w_f", "label_pr_curve"} <= keys
+    assert {"label_mae", "label_s_measure", "label_adp_e", "label_pr_curve"} <= keys
     assert len(run.media("images")) >= 2 and run.media("table")
 
     ckpt = sorted((tmp_path / "wandb_runs").rglob("*.ckpt"))[-1]
@@ -148,7 +148,7 @@ def test_pipeline_logs_stages_and_label_rounds_to_one_run(tmp_path: Path, wandb_
     (run,) = offline_runs(tmp_path / "run")
     assert run.name == "a2s_pipeline-folder-data" and run.group == "folder-data"
     assert {"a2s_pipeline", "folder-data", "rgb", "olr", "smoke"} <= set(run.tags)
-    assert run.config["pipeline"]["stage1_epochs"] == 1
+    assert run.config["job"]["stage1_epochs"] == 1
     assert run.config["stage2"]["label_update"] == "olr"  # the stage's hyper-parameters, not overwritten
     keys = run.keys()
     assert {"stage1-train_loss", "stage2-train_loss", "stage2-label_max_f", "stage2-label_pr_curve"} <= keys
@@ -164,8 +164,8 @@ def test_pipeline_logs_stages_and_label_rounds_to_one_run(tmp_path: Path, wandb_
     assert wandb.run is None  # the pipeline finished its run
 
 
-def test_pipeline_logger_setting_errors() -> None:
-    from usod.pipeline import logger_settings
+def test_logger_setting_errors() -> None:
+    from usod.loggers import logger_settings
 
     assert logger_settings(None) is None and logger_settings("csv") is None
     assert logger_settings("wandb") == {"type": "wandb"}
@@ -270,7 +270,7 @@ def test_label_quality_scores_labels_like_the_metrics(tmp_path: Path) -> None:
         def log(self, key: str, value: float) -> None:
             self.logged[key] = value
 
-    callback = PseudoLabelQuality(masks=masks_dir)
+    callback = PseudoLabelQuality(masks=masks_dir, weighted_f=True)
     module = _Module()
     callback.setup(None, module, "fit")  # type: ignore[arg-type]
     assert module.label_listeners == [callback.score]

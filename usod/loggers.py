@@ -19,8 +19,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,12 @@ from torch import Tensor
 __all__ = [
     "PANEL_ORDER",
     "dataset_label",
+    "LOGGER_TYPES",
     "RunIdentity",
+    "active_run",
+    "logger_settings",
+    "stage_loggers",
+    "wandb_job",
     "StageWandbLogger",
     "UsodWandbLogger",
     "log_curves",
@@ -45,6 +52,13 @@ __all__ = [
     "panel_strip",
     "run_identity",
 ]
+
+#: Logger types of the ``logger`` setting of ``usod pipeline`` and the DeepUSPS driver.
+LOGGER_TYPES: tuple[str, ...] = ("csv", "wandb")
+_LOGGER_KEYS = {"type", "project", "name", "group", "tags", "entity", "save_dir", "offline", "notes"}
+
+#: The wandb run of the multi-stage job that is running (:func:`wandb_job`), else None.
+_RUN: contextvars.ContextVar[Any] = contextvars.ContextVar("usod_wandb_job", default=None)
 
 #: Column order of the sample panels (maps missing from a call are left out).
 PANEL_ORDER: tuple[str, ...] = ("image", "aux", "pseudo", "prediction", "mask")
@@ -408,3 +422,93 @@ def log_results(run: Any, key: str, results: Mapping[str, Mapping[str, Any]]) ->
             table, "recall", "precision", stroke="name", title=f"{key}: PR curves"
         )
     run.log(metrics)
+
+
+# ------------------------------------------------------------------------------------ multi-stage jobs
+def logger_settings(value: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A job's ``logger`` setting as ``{"type": "wandb", ...}``, or ``None`` for CSV logs only.
+
+    Accepts ``None``, ``"csv"``, ``"wandb"`` or a mapping with ``type`` (default ``"wandb"``), ``project``,
+    ``name``, ``group``, ``tags``, ``entity``, ``save_dir``, ``offline`` and ``notes``.
+
+    Raises:
+        ValueError: An unknown logger type or setting.
+    """
+    if value is None:
+        return None
+    settings = {"type": value} if isinstance(value, str) else dict(value)
+    kind = str(settings.get("type", "wandb")).lower()
+    if kind not in LOGGER_TYPES:
+        raise ValueError(f"unknown logger {kind!r}; expected one of {LOGGER_TYPES}")
+    unknown = sorted(set(settings) - _LOGGER_KEYS)
+    if unknown:
+        raise ValueError(f"unknown logger settings {unknown}; known: {sorted(_LOGGER_KEYS)}")
+    if kind == "csv":
+        return None
+    return {**settings, "type": kind}
+
+
+@contextlib.contextmanager
+def wandb_job(
+    settings: Mapping[str, Any] | None,
+    method: str,
+    dataset: str,
+    root: str | Path | None,
+    out: str | Path,
+    config: Mapping[str, Any] | None = None,
+    label_update: str | None = None,
+) -> Iterator[Any]:
+    """One wandb run for a multi-stage job (``usod pipeline``, DeepUSPS), active for the block.
+
+    Inside the block :func:`active_run` returns the run and :func:`stage_loggers` gives each stage's
+    trainer a logger on it. Without ``settings`` (CSV only) nothing is started. The run is named
+    ``<method>-<dataset>`` and grouped by dataset unless the settings say otherwise; its files go under
+    ``save_dir`` (default ``out``); it is finished when the block ends.
+
+    Args:
+        settings: :func:`logger_settings` output.
+        method: Method name of the job.
+        dataset: Registered dataset name of the training images.
+        root: Dataset root (names ``folder`` datasets).
+        out: The job's output folder.
+        config: The job's settings, logged under ``config["job"]``.
+        label_update: Label-update rule, as a tag.
+    """
+    if not settings:
+        yield None
+        return
+    import wandb
+
+    identity = make_identity(method, *dataset_label(dataset, root), label_update)
+    save_dir = Path(settings.get("save_dir") or out)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=settings.get("project", "usod"),
+        entity=settings.get("entity"),
+        name=settings.get("name") or identity.name,
+        group=settings.get("group") or identity.group,
+        job_type=identity.job_type,
+        tags=identity.tags + [t for t in settings.get("tags", []) if t not in identity.tags],
+        notes=settings.get("notes"),
+        dir=str(save_dir),
+        mode="offline" if settings.get("offline") else None,
+        config={**identity.config, "job": dict(config or {})},
+        reinit="create_new",
+    )
+    token = _RUN.set(run)
+    try:
+        yield run
+    finally:
+        _RUN.reset(token)
+        run.finish()
+
+
+def active_run() -> Any:
+    """The run of the :func:`wandb_job` block being executed, else ``None``."""
+    return _RUN.get()
+
+
+def stage_loggers(stage: str) -> list[Any]:
+    """``[StageWandbLogger(run, stage)]`` inside a :func:`wandb_job` block, else ``[]``."""
+    run = _RUN.get()
+    return [] if run is None else [StageWandbLogger(run, stage)]

@@ -23,13 +23,10 @@ the sample grid.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,13 +43,8 @@ log = logging.getLogger(__name__)
 RAW_ROUND = "stage1-raw"
 LABEL_ROUND = "stage1"
 STAGE2_ROUND = "stage2-pred"
-LOGGER_TYPES = ("csv", "wandb")
 #: Method name of pipeline runs in wandb.
 PIPELINE_METHOD = "a2s_pipeline"
-_LOGGER_KEYS = {"type", "project", "name", "group", "tags", "entity", "save_dir", "offline", "notes"}
-
-#: The wandb run of the pipeline that is running (``logger: wandb``), else None.
-_RUN: contextvars.ContextVar[Any] = contextvars.ContextVar("usod_pipeline_run", default=None)
 
 
 @dataclass
@@ -111,6 +103,8 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         self.root = Path(self.root)
+        from usod.loggers import logger_settings
+
         self.logger = logger_settings(self.logger)
         if isinstance(self.postprocess, dict):
             self.postprocess = PostProcessConfig(**self.postprocess)
@@ -123,62 +117,6 @@ class PipelineConfig:
         names = [eval_name(e) for e in self.eval]
         if len(set(names)) != len(names):
             raise ValueError(f"eval set names must be unique, got {names}; give each a 'name'")
-
-
-def logger_settings(value: str | dict[str, Any] | None) -> dict[str, Any] | None:
-    """The pipeline's ``logger`` setting as ``{"type": ..., ...}`` (``None`` for CSV only).
-
-    Raises:
-        ValueError: An unknown logger type or setting.
-    """
-    if value is None:
-        return None
-    settings = {"type": value} if isinstance(value, str) else dict(value)
-    kind = str(settings.get("type", "wandb")).lower()
-    if kind not in LOGGER_TYPES:
-        raise ValueError(f"unknown logger {kind!r}; expected one of {LOGGER_TYPES}")
-    unknown = sorted(set(settings) - _LOGGER_KEYS)
-    if unknown:
-        raise ValueError(f"unknown logger settings {unknown}; known: {sorted(_LOGGER_KEYS)}")
-    if kind == "csv":
-        return None
-    return {**settings, "type": kind}
-
-
-@contextlib.contextmanager
-def _wandb_session(config: PipelineConfig) -> Iterator[Any]:
-    """Start the pipeline's wandb run (``logger: wandb``) for the duration of the block."""
-    settings = config.logger
-    if not settings:
-        yield None
-        return
-    import wandb
-
-    from usod.loggers import dataset_label, make_identity
-
-    label_update = config.stage2.get("label_update", "olr") if config.stage2_epochs > 0 else None
-    identity = make_identity(PIPELINE_METHOD, *dataset_label(config.dataset, config.root), label_update)
-    save_dir = Path(settings.get("save_dir") or config.out)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
-        project=settings.get("project", "usod"),
-        entity=settings.get("entity"),
-        name=settings.get("name") or identity.name,
-        group=settings.get("group") or identity.group,
-        job_type=identity.job_type,
-        tags=identity.tags + [t for t in settings.get("tags", []) if t not in identity.tags],
-        notes=settings.get("notes"),
-        dir=str(save_dir),
-        mode="offline" if settings.get("offline") else None,
-        config={**identity.config, "pipeline": json.loads(json.dumps(asdict(config), default=str))},
-        reinit="create_new",
-    )
-    token = _RUN.set(run)
-    try:
-        yield run
-    finally:
-        _RUN.reset(token)
-        run.finish()
 
 
 def eval_name(entry: dict[str, Any]) -> str:
@@ -208,23 +146,21 @@ def _trainer(config: PipelineConfig, max_epochs: int, name: str, callbacks: list
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
 
-    loggers: list[Any] = [CSVLogger(config.out / "logs", name=name)]
-    run = _RUN.get()
-    if run is not None:
-        from usod.loggers import StageWandbLogger
+    from usod.loggers import stage_loggers
+    from usod.progress import progress_enabled
 
-        loggers.append(StageWandbLogger(run, name))
     return pl.Trainer(
         accelerator=config.accelerator,
         devices=1,
         max_epochs=max_epochs,
-        logger=loggers,
+        logger=[CSVLogger(config.out / "logs", name=name), *stage_loggers(name)],
         enable_checkpointing=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
         log_every_n_steps=config.log_every_n_steps,
         callbacks=callbacks,
+        enable_progress_bar=progress_enabled(),
     )
 
 
@@ -341,7 +277,7 @@ def write_label_round(
         postprocess_workers: CRF processes (0: in this process).
         accelerator: Lightning accelerator of the prediction.
         overwrite: Start both rounds over even when they exist.
-        progress: Show progress bars.
+        progress: Show progress bars (on rank zero, on a terminal; see :mod:`usod.progress`).
 
     Returns:
         A :class:`LabelRoundResult`.
@@ -357,6 +293,7 @@ def write_label_round(
     from usod.labels.writer import IdSubset
     from usod.models.base import load_module
     from usod.ops.crf import postprocess_files
+    from usod.progress import progress_enabled
 
     ckpt = Path(ckpt)
     if not ckpt.is_file():
@@ -394,7 +331,7 @@ def write_label_round(
             logger=False,
             callbacks=[writer],
             enable_model_summary=False,
-            enable_progress_bar=progress,
+            enable_progress_bar=progress_enabled(progress),
         )
         loader = torch.utils.data.DataLoader(todo, batch_size=batch_size, num_workers=num_workers)
         trainer.predict(load_module(ckpt), loader, return_predictions=False)
@@ -677,11 +614,11 @@ def write_report(config: PipelineConfig, timings: dict[str, float]) -> dict[str,
         if curves:
             _plot_curves(curves, report_dir / f"pr_curves_{_safe(name)}.png")
     _grid(config, rounds, report_dir / "grid.png")
-    run = _RUN.get()
+    from usod.loggers import active_run, log_results
+
+    run = active_run()
     if run is not None:
         import wandb
-
-        from usod.loggers import log_results
 
         log_results(run, "labels", results)
         log_results(run, "eval", held_out)
@@ -694,9 +631,21 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """Run every step (resuming finished ones) and return the report summary."""
     import pytorch_lightning as pl
 
+    from usod.loggers import wandb_job
+
     pl.seed_everything(config.seed, workers=True, verbose=False)
     config.out.mkdir(parents=True, exist_ok=True)
-    with _wandb_session(config):
+    label_update = config.stage2.get("label_update", "olr") if config.stage2_epochs > 0 else None
+    job = wandb_job(
+        config.logger,
+        PIPELINE_METHOD,
+        config.dataset,
+        config.root,
+        config.out,
+        config=json.loads(json.dumps(asdict(config), default=str)),
+        label_update=label_update,
+    )
+    with job:
         return _run_steps(config)
 
 

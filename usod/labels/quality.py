@@ -121,13 +121,14 @@ class PseudoLabelQuality(pl.Callback):
         masks: ``id -> mask file``, a folder of masks named ``<id>.<ext>``, or ``None`` to take the
             training images' masks from the datamodule (:func:`training_masks`). Without ground truth the
             callback does nothing.
-        weighted_f: Also compute the weighted F-measure (CPU, slower).
+        weighted_f: Also compute the weighted F-measure (``label_w_f``; CPU, about 5 ms per image, so off
+            by default: the reports of ``usod pipeline`` and DeepUSPS score every round with it).
 
     Attributes:
         history: ``{"epoch", **scores}`` per scored update (every rank).
     """
 
-    def __init__(self, masks: Mapping[str, str | Path] | str | Path | None = None, weighted_f: bool = True):
+    def __init__(self, masks: Mapping[str, str | Path] | str | Path | None = None, weighted_f: bool = False):
         self._masks_arg = masks
         self.masks: dict[str, Path] | None = None
         self.weighted_f = weighted_f
