@@ -78,7 +78,7 @@ def score_labels(
     todo = sorted(set(labels) & set(masks)) if ids is None else list(ids)
     device = metric.n.device
     for sample_id in progress_bar(todo, desc="label quality", unit="img", enabled=progress):
-        mask = read_mask(masks[sample_id])
+        mask = np.array(read_mask(masks[sample_id]), dtype=np.uint8)  # writable, for torch
         label = np.array(labels[sample_id], dtype=np.uint8)
         if label.shape != mask.shape:
             label = cv2.resize(label, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)
