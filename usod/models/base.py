@@ -119,7 +119,7 @@ class USODModule(pl.LightningModule):
         from usod.loggers import log_panels
 
         n = self.num_panels
-        # Tensors to the CPU at one resolution; a multi-target pseudo label shows its first map.
+        # to the CPU; a multi-target pseudo label (DeepUSPS fusion) shows its first map
         shown = {}
         for key, value in maps.items():
             if isinstance(value, Tensor) and value.ndim == 4:

@@ -97,7 +97,8 @@ class CueExtractor(USODModule):
     CRF and median filtering (A2S eq. 6) are left to the pseudo-label writer.
 
     Batches are dicts with ``image`` (Bx3xHxW float in [0, 1]), ``id`` (list[str]), ``size`` (Bx2 original
-    H, W) and, in validation only, optionally ``mask`` (Bx1xHxW in [0, 1]) to log ``val_mae``. With
+    H, W) and, in validation only, optionally ``mask`` (Bx1xHxW in [0, 1]) to log ``val_mae`` and the SOD
+    metrics (``val_max_f``, ``val_mean_f``, ... ``val_s_measure``). With
     ``aux_modality`` other than ``"none"`` every batch also carries the auxiliary image (``depth``,
     ``thermal`` or ``flow``, Bx3xHxW; see :mod:`usod.models.aux_input`).
 
