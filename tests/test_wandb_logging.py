@@ -30,7 +30,14 @@ pytestmark = [
 
 @pytest.fixture
 def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Offline wandb with every folder under ``tmp_path/wandb_home``; finishes any run left open."""
+    """Offline wandb with every folder under ``tmp_path/wandb_home``; finishes any run left open.
+
+    wandb reads the environment once per process (``wandb.setup``), so its state is torn down before and
+    after: an earlier test's settings must not leak in (nor ours out).
+    """
+    import wandb
+
+    wandb.teardown()
     home = tmp_path / "wandb_home"
     for var, sub in (("WANDB_DIR", "dir"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
         (home / sub).mkdir(parents=True)
@@ -38,11 +45,10 @@ def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    import wandb
-
     yield home
     if wandb.run is not None:
         wandb.finish()
+    wandb.teardown()
 
 
 def _noisy_labels(masks: Path, out: Path) -> Path:

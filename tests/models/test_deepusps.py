@@ -229,10 +229,14 @@ def test_stacked_labels(synth: Path, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
 def test_tiny_pipeline_end_to_end_and_resume(synth: Path, tmp_path: Path, monkeypatch) -> None:
+    import wandb
+
+    wandb.teardown()  # wandb reads the environment once per process
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
         (tmp_path / var).mkdir()
         monkeypatch.setenv(var, str(tmp_path / var))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")
     config = DeepUSPSConfig(
         out=tmp_path / "run",
         root=synth,
@@ -279,6 +283,7 @@ def test_tiny_pipeline_end_to_end_and_resume(synth: Path, tmp_path: Path, monkey
     assert {"rbd-r0-train_loss", "mr-r1-train_loss", "fusion-train_loss", "rbd-r0-label_max_f"} <= keys
     assert run.values("labels/fused-pred/mae") == [pytest.approx(summary["metrics"]["fused-pred"]["mae"])]
     config.logger = None  # the resumed runs below log to CSV only
+    wandb.teardown()
 
     # Resume: nothing is trained or computed again.
     stamps = {p: os.stat(p).st_mtime_ns for p in config.out.rglob("*.ckpt")}
