@@ -204,6 +204,8 @@ class UsodWandbLogger(WandbLogger):
             **extra,
             **kwargs,
         )
+        if self._wandb_init.get("anonymous") is None:  # recent wandb warns about the unused setting
+            self._wandb_init.pop("anonymous", None)
         self.identity: RunIdentity | None = None
 
     def describe(self, model: Any, datamodule: Any = None) -> RunIdentity:
