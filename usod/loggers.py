@@ -11,6 +11,10 @@ compares methods per dataset. The ``usod fit|validate|test`` CLI fills these in 
 datamodule before the run starts (``configs/logger/wandb.yaml``); from Python call
 :meth:`UsodWandbLogger.describe` before ``trainer.fit``.
 
+Jobs of several trainers (``usod pipeline``, the DeepUSPS driver) log to one run: :func:`wandb_job` starts
+it for a block, :func:`stage_loggers` gives each stage's trainer a :class:`StageWandbLogger` on it
+(metrics prefixed ``<stage>-``) and :func:`log_results` adds tables of scores and curves.
+
 Example:
     >>> logger = UsodWandbLogger(project="usod")  # doctest: +SKIP
     >>> logger.describe(model, datamodule)  # doctest: +SKIP
@@ -33,24 +37,24 @@ from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
 __all__ = [
-    "PANEL_ORDER",
-    "dataset_label",
     "LOGGER_TYPES",
+    "PANEL_ORDER",
     "RunIdentity",
-    "active_run",
-    "logger_settings",
-    "stage_loggers",
-    "wandb_job",
     "StageWandbLogger",
     "UsodWandbLogger",
+    "active_run",
+    "dataset_label",
     "log_curves",
     "log_panels",
     "log_results",
+    "logger_settings",
     "make_identity",
     "media_loggers",
     "method_name",
     "panel_strip",
     "run_identity",
+    "stage_loggers",
+    "wandb_job",
 ]
 
 #: Logger types of the ``logger`` setting of ``usod pipeline`` and the DeepUSPS driver.
