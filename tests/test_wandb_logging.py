@@ -87,7 +87,7 @@ def test_cli_fit_and_test_log_everything_to_an_offline_run(tmp_path: Path, wandb
                 "root": str(root),
                 "pseudo_dir": str(pseudo),
                 "image_size": 32,
-                "batch_size": 3,
+                "batch_size": 6,  # one step per epoch
                 "num_workers": 0,
                 "augment": False,
             },

@@ -53,6 +53,7 @@ def lightning_main(args: Sequence[str] | None = None) -> None:
                     describe(self.model, getattr(self, "datamodule", None))
 
     import usod.models  # noqa: F401  (registers model classes for class_path resolution)
+    from usod.progress import progress_enabled
 
     UsodCLI(
         pl.LightningModule,
@@ -60,6 +61,8 @@ def lightning_main(args: Sequence[str] | None = None) -> None:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        # the training bar, like every usod bar: on a terminal, unless USOD_PROGRESS says otherwise
+        trainer_defaults={"enable_progress_bar": progress_enabled()},
         args=list(args) if args is not None else None,
     )
 
