@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -14,6 +16,7 @@ from skimage.metrics import structural_similarity
 from torch.utils.data import DataLoader
 
 from usod.labels import PseudoLabelStore
+from usod.labels.quality import PseudoLabelQuality
 from usod.models.saliency_detector import (
     BCESSIMIoULoss,
     IoUMultiScaleLoss,
@@ -364,6 +367,10 @@ class _DumpLabels(pl.Callback):
             os.path.join(self.folder, f"rank{trainer.global_rank}.npz"),
             **{k.replace("/", "|"): v for k, v in labels.items()},
         )
+        quality = [c for c in trainer.callbacks if isinstance(c, PseudoLabelQuality)]
+        if quality:
+            with open(os.path.join(self.folder, f"quality{trainer.global_rank}.json"), "w") as f:
+                json.dump(quality[0].history, f)
 
 
 def _ddp_model() -> SaliencyDetector:
@@ -375,9 +382,14 @@ def _ddp_model() -> SaliencyDetector:
 
 
 def test_ddp_ranks_share_labels_equal_to_single_process(tmp_path: Path) -> None:
-    samples = make_samples(4)
+    samples = make_samples(4, with_mask=True)
+    masks = {}
+    for sample in samples:  # ground truth for the label-quality callback (training never reads it)
+        masks[sample["id"]] = tmp_path / f"{sample['id'].replace('/', '_')}.png"
+        cv2.imwrite(str(masks[sample["id"]]), (sample.pop("mask")[0].numpy() * 255).astype(np.uint8))
     single = _ddp_model()
-    trainer(1).fit(single, loader(samples, batch_size=1))
+    single_quality = PseudoLabelQuality(masks=masks)
+    trainer(1, callbacks=[single_quality]).fit(single, loader(samples, batch_size=1))
     expected = single.export_labels()
 
     ddp = pl.Trainer(
@@ -389,9 +401,15 @@ def test_ddp_ranks_share_labels_equal_to_single_process(tmp_path: Path) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[_DumpLabels(str(tmp_path))],
+        callbacks=[_DumpLabels(str(tmp_path)), PseudoLabelQuality(masks=masks)],
     )
     ddp.fit(_ddp_model(), loader(samples, batch_size=1))
+    # the label quality: each rank scored half of the ids, both got the single-process scores
+    (want,) = single_quality.history
+    assert want["epoch"] == 0 and 0.0 < want["max_f"] < 1.0
+    got = [json.loads((tmp_path / f"quality{r}.json").read_text()) for r in range(2)]
+    assert got[0] == got[1]
+    assert got[0][0] == pytest.approx(want, abs=2e-3)
     ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2)]
     for labels in ranks:
         labels = {k.replace("|", "/"): v for k, v in labels.items()}
