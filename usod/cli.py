@@ -38,9 +38,22 @@ def lightning_main(args: Sequence[str] | None = None) -> None:
     from pytorch_lightning.cli import LightningCLI
 
     class UsodCLI(LightningCLI):
-        """LightningCLI over every registered LightningModule and LightningDataModule."""
+        """LightningCLI over every registered LightningModule and LightningDataModule.
+
+        Loggers with a ``describe(model, datamodule)`` method (:class:`usod.loggers.UsodWandbLogger`) learn
+        the method and dataset before the run starts, so that runs are named and grouped by them.
+        """
+
+        def after_instantiate_classes(self) -> None:
+            super().after_instantiate_classes()
+            trainer = getattr(self, "trainer", None)
+            for logger in getattr(trainer, "loggers", None) or []:
+                describe = getattr(logger, "describe", None)
+                if callable(describe):
+                    describe(self.model, getattr(self, "datamodule", None))
 
     import usod.models  # noqa: F401  (registers model classes for class_path resolution)
+    from usod.progress import progress_enabled
 
     UsodCLI(
         pl.LightningModule,
@@ -48,6 +61,8 @@ def lightning_main(args: Sequence[str] | None = None) -> None:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        # the training bar, like every usod bar: on a terminal, unless USOD_PROGRESS says otherwise
+        trainer_defaults={"enable_progress_bar": progress_enabled()},
         args=list(args) if args is not None else None,
     )
 

@@ -13,6 +13,12 @@ Steps (each skipped when its output already exists, so an interrupted run resume
 4. ``report``: score the rounds against ground truth when the dataset has it (pseudo-label quality), score
    each stage's checkpoint on the held-out ``eval`` sets, and write ``OUT/report/metrics.json``,
    ``pr_curves*.png`` and ``grid.png`` (image / labels / prediction / ground truth).
+
+Every training stage logs to ``OUT/logs/<stage>/`` (CSV). With ``logger: wandb`` the whole pipeline is one
+wandb run as well (named ``a2s_pipeline-<dataset>``, grouped by dataset): the stages' losses as
+``stage1-train_loss``, ``stage2-train_loss``, the quality of every stage-2 label round
+(``stage2-label_max_f``, ...) and, from the report, every round's and held-out set's scores, PR curves and
+the sample grid.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ log = logging.getLogger(__name__)
 RAW_ROUND = "stage1-raw"
 LABEL_ROUND = "stage1"
 STAGE2_ROUND = "stage2-pred"
+#: Method name of pipeline runs in wandb.
+PIPELINE_METHOD = "a2s_pipeline"
 
 
 @dataclass
@@ -64,6 +72,12 @@ class PipelineConfig:
             are never used for training).
         accelerator: Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``).
         seed: Global seed.
+        log_every_n_steps: Training steps between logged losses.
+        logger: ``None`` or ``"csv"`` (CSV logs in ``OUT/logs`` only), ``"wandb"``, or a mapping
+            ``{"type": "wandb", "project", "name", "group", "tags", "entity", "save_dir", "offline",
+            "notes"}``: also log everything to one wandb run (project ``usod``; name
+            ``a2s_pipeline-<dataset>`` and group ``<dataset>`` unless given; files under ``OUT`` unless
+            ``save_dir``). ``WANDB_MODE=offline`` works without network.
     """
 
     out: Path
@@ -83,10 +97,15 @@ class PipelineConfig:
     eval: list[dict[str, Any]] = field(default_factory=list)
     accelerator: str = "auto"
     seed: int = 0
+    log_every_n_steps: int = 5
+    logger: str | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         self.root = Path(self.root)
+        from usod.loggers import logger_settings
+
+        self.logger = logger_settings(self.logger)
         if isinstance(self.postprocess, dict):
             self.postprocess = PostProcessConfig(**self.postprocess)
         for index, entry in enumerate(self.eval):
@@ -127,17 +146,21 @@ def _trainer(config: PipelineConfig, max_epochs: int, name: str, callbacks: list
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
 
+    from usod.loggers import stage_loggers
+    from usod.progress import progress_enabled
+
     return pl.Trainer(
         accelerator=config.accelerator,
         devices=1,
         max_epochs=max_epochs,
-        logger=CSVLogger(config.out / "logs", name=name),
+        logger=[CSVLogger(config.out / "logs", name=name), *stage_loggers(name)],
         enable_checkpointing=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        log_every_n_steps=5,
+        log_every_n_steps=config.log_every_n_steps,
         callbacks=callbacks,
+        enable_progress_bar=progress_enabled(),
     )
 
 
@@ -254,7 +277,7 @@ def write_label_round(
         postprocess_workers: CRF processes (0: in this process).
         accelerator: Lightning accelerator of the prediction.
         overwrite: Start both rounds over even when they exist.
-        progress: Show progress bars.
+        progress: Show progress bars (on rank zero, on a terminal; see :mod:`usod.progress`).
 
     Returns:
         A :class:`LabelRoundResult`.
@@ -270,6 +293,7 @@ def write_label_round(
     from usod.labels.writer import IdSubset
     from usod.models.base import load_module
     from usod.ops.crf import postprocess_files
+    from usod.progress import progress_enabled
 
     ckpt = Path(ckpt)
     if not ckpt.is_file():
@@ -307,7 +331,7 @@ def write_label_round(
             logger=False,
             callbacks=[writer],
             enable_model_summary=False,
-            enable_progress_bar=progress,
+            enable_progress_bar=progress_enabled(progress),
         )
         loader = torch.utils.data.DataLoader(todo, batch_size=batch_size, num_workers=num_workers)
         trainer.predict(load_module(ckpt), loader, return_predictions=False)
@@ -363,9 +387,11 @@ def write_stage1_labels(config: PipelineConfig, ckpt: Path) -> Path:
 def train_stage2(config: PipelineConfig) -> Path:
     """Train the saliency detector on the stage-1 labels with online label updates (``OUT/stage2.ckpt``).
 
-    Each epoch's rectified labels are written to the store as ``stage2-epoch<j>`` rounds.
+    Each epoch's rectified labels are written to the store as ``stage2-epoch<j>`` rounds and, when the
+    training images have ground truth, scored (``label_*`` in the stage's logs).
     """
     from usod.labels import PseudoLabelStore
+    from usod.labels.quality import PseudoLabelQuality
     from usod.models.saliency_detector import LabelRoundWriter, SaliencyDetector
 
     ckpt = config.out / "stage2.ckpt"
@@ -374,7 +400,8 @@ def train_stage2(config: PipelineConfig) -> Path:
         return ckpt
     store = PseudoLabelStore(config.out / "labels")
     model = SaliencyDetector(**{"backbone": config.stage1.get("backbone"), **config.stage2})
-    trainer = _trainer(config, config.stage2_epochs, "stage2", callbacks=[LabelRoundWriter(store)])
+    callbacks = [LabelRoundWriter(store), PseudoLabelQuality()]
+    trainer = _trainer(config, config.stage2_epochs, "stage2", callbacks=callbacks)
     trainer.fit(model, datamodule=_datamodule(config, pseudo_dir=store.round_dir(LABEL_ROUND), stage=2))
     _save_checkpoint(trainer, ckpt)
     return ckpt
@@ -410,9 +437,13 @@ def score_round(config: PipelineConfig, round_name: str) -> dict[str, Any] | Non
         return None  # no ground truth: nothing to score against
     if any(files.mask is None for files in dataset.files):
         return None
+    from usod.progress import progress_bar
+
     store = PseudoLabelStore(config.out / "labels")
     metric = SODMetrics()
-    for index, files in enumerate(dataset.files):
+    indices = progress_bar(range(len(dataset.files)), desc=f"score {round_name}", unit="img")
+    for index in indices:
+        files = dataset.files[index]
         sample = dataset.load_raw(index)
         label = store.read(files.id, round_name)
         metric.update(torch.tensor(label)[None], torch.tensor(sample["mask"])[None])
@@ -451,12 +482,12 @@ def evaluate_checkpoint(
         ``{"scores": {...}, "curves": {...}}`` as :func:`score_round`.
     """
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
 
     from usod.data.io import read_mask
     from usod.data.transforms import EvalTransform
     from usod.metrics import SODMetrics
     from usod.models.base import load_module, trained_image_size
+    from usod.progress import progress_bar
 
     model = load_module(ckpt, map_location=device)
     size = image_size or trained_image_size(ckpt) or 320
@@ -464,7 +495,7 @@ def evaluate_checkpoint(
     masks = {f.id: f.mask for f in dataset.files}
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     metric = SODMetrics()
-    for batch in tqdm(loader, desc=f"evaluate {Path(ckpt).name}", unit="batch", disable=not progress):
+    for batch in progress_bar(loader, desc=f"evaluate {Path(ckpt).name}", unit="batch", enabled=progress):
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         saliency = model.predict_step(batch, 0)["saliency"].float().cpu()
         for i, sample_id in enumerate(batch["id"]):
@@ -583,6 +614,16 @@ def write_report(config: PipelineConfig, timings: dict[str, float]) -> dict[str,
         if curves:
             _plot_curves(curves, report_dir / f"pr_curves_{_safe(name)}.png")
     _grid(config, rounds, report_dir / "grid.png")
+    from usod.loggers import active_run, log_results
+
+    run = active_run()
+    if run is not None:
+        import wandb
+
+        log_results(run, "labels", results)
+        log_results(run, "eval", held_out)
+        run.log({"report/grid": wandb.Image(str(report_dir / "grid.png"))})
+        run.summary.update({f"timings_s/{k}": v for k, v in timings.items()})
     return summary
 
 
@@ -590,8 +631,25 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """Run every step (resuming finished ones) and return the report summary."""
     import pytorch_lightning as pl
 
+    from usod.loggers import wandb_job
+
     pl.seed_everything(config.seed, workers=True, verbose=False)
     config.out.mkdir(parents=True, exist_ok=True)
+    label_update = config.stage2.get("label_update", "olr") if config.stage2_epochs > 0 else None
+    job = wandb_job(
+        config.logger,
+        PIPELINE_METHOD,
+        config.dataset,
+        config.root,
+        config.out,
+        config=json.loads(json.dumps(asdict(config), default=str)),
+        label_update=label_update,
+    )
+    with job:
+        return _run_steps(config)
+
+
+def _run_steps(config: PipelineConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     ckpt = train_stage1(config)

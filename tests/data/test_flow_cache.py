@@ -59,9 +59,9 @@ def test_cache_is_reused_and_recomputed_when_frames_change(tmp_path: Path, monke
     calls = []
     real = flow_mod.compute_sequence_flows
 
-    def counting(images, method="dis"):
+    def counting(images, method="dis", **kwargs):  # kwargs: the progress bar's settings
         calls.append(len(images))
-        return real(images, method=method)
+        return real(images, method=method, **kwargs)
 
     monkeypatch.setattr(flow_mod, "compute_sequence_flows", counting)
     cached_flow_images(frames, tmp_path / "cache")

@@ -31,6 +31,7 @@ from pytorch_lightning.loggers import CSVLogger
 from usod.data.datamodules import RGBDataModule
 from usod.data.synth import write_dataset
 from usod.labels import PseudoLabelStore, PseudoLabelWriter
+from usod.models.base import SOD_LOG_KEYS
 
 from ._harness import WORLD, read_warnings, read_writes, run_ddp, run_single, trainer
 
@@ -190,7 +191,8 @@ def check(tmp_path: Path, data: Path, rounds: tuple[str, ...] = (), **kwargs: An
     # validation and test metrics synchronised over the ranks: equal to 1 process (sums of floats: 1e-6)
     val_keys = set(reference["val_keys"])
     assert set(reference["validate"][0]) == val_keys
-    assert set(reference["test"][0]) == {"test_" + key[len("val_") :] for key in val_keys}
+    # testing scores every SOD metric (weighted F included) through the shared USODModule.test_step
+    assert set(reference["test"][0]) == {f"test_{key}" for key in SOD_LOG_KEYS}
     for stage in ("validate", "test"):
         want = reference[stage][0]
         for rank, result in enumerate(results):
@@ -258,7 +260,6 @@ def test_deepusps_mva_metrics_and_files(tmp_path: Path, data: Path) -> None:
         epochs=2,
         label_callback=mva_writer,
         export=lambda model: model.export_mva(),
-        val_keys=("val_mae",),
         rounds=("mva",),
     )
 
@@ -316,7 +317,7 @@ def test_cue_extractor_metrics_and_files(tmp_path: Path, data: Path) -> None:
 
         return CueExtractor(backbone=TINY, head_channels=8, lr=0.0, lr_milestones=())
 
-    check(tmp_path, data, make_model=make, pseudo=False, val_keys=("val_loss", "val_mae"))
+    check(tmp_path, data, make_model=make, pseudo=False, val_keys=("val_loss", *VAL_KEYS))
 
 
 def test_sdg_fused_metrics_and_files(tmp_path: Path, data: Path) -> None:

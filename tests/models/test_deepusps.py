@@ -228,7 +228,15 @@ def test_stacked_labels(synth: Path, tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
-def test_tiny_pipeline_end_to_end_and_resume(synth: Path, tmp_path: Path) -> None:
+def test_tiny_pipeline_end_to_end_and_resume(synth: Path, tmp_path: Path, monkeypatch) -> None:
+    import wandb
+
+    wandb.teardown()  # wandb reads the environment once per process
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        (tmp_path / var).mkdir()
+        monkeypatch.setenv(var, str(tmp_path / var))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")
     config = DeepUSPSConfig(
         out=tmp_path / "run",
         root=synth,
@@ -242,6 +250,8 @@ def test_tiny_pipeline_end_to_end_and_resume(synth: Path, tmp_path: Path) -> Non
         num_workers=0,
         refiner={"backbone": BACKBONE, "channels": 16, "crf": {"n_iters": 2}},
         accelerator="cpu",
+        logger={"type": "wandb", "offline": True},
+        log_every_n_steps=1,
     )
     summary = run_deepusps(config)
     store = PseudoLabelStore(config.store_root)
@@ -264,6 +274,16 @@ def test_tiny_pipeline_end_to_end_and_resume(synth: Path, tmp_path: Path) -> Non
     assert set(report["metrics"]) == set(round_names(config))
     assert set(summary["metrics"]["fused-pred"]) >= {"mae", "max_f"}
     assert "rbd-r1" in summary["timings_s"] and "fusion" in summary["timings_s"]
+    # One offline wandb run: every network's loss, the MVA quality per epoch and the report's round scores.
+    from tests.helpers.wandb_offline import offline_runs
+
+    (run,) = offline_runs(config.out)
+    assert run.name == "deepusps-folder-data" and run.group == "folder-data"
+    keys = run.keys()
+    assert {"rbd-r0-train_loss", "mr-r1-train_loss", "fusion-train_loss", "rbd-r0-label_max_f"} <= keys
+    assert run.values("labels/fused-pred/mae") == [pytest.approx(summary["metrics"]["fused-pred"]["mae"])]
+    config.logger = None  # the resumed runs below log to CSV only
+    wandb.teardown()
 
     # Resume: nothing is trained or computed again.
     stamps = {p: os.stat(p).st_mtime_ns for p in config.out.rglob("*.ckpt")}

@@ -32,10 +32,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from usod.data.io import IMAGE_EXTENSIONS, InvalidInputError, read_mask
 from usod.metrics import SCORE_KEYS, SODMetrics
+from usod.progress import progress_bar
 
 __all__ = [
     "MethodResult",
@@ -172,7 +172,7 @@ def _score_pairs(
     metric = SODMetrics()
     chunks = list(_chunks(pairs, _CHUNK))
     results = map(_score_chunk, chunks) if pool is None else pool.imap_unordered(_score_chunk, chunks)
-    with tqdm(total=len(pairs), desc=desc, unit="img", disable=not progress, file=sys.stderr) as bar:
+    with progress_bar(total=len(pairs), desc=desc, unit="img", enabled=progress) as bar:
         # integer fixed-point states: summing them in any order gives identical results
         for states, count, error in results:
             if error is not None:

@@ -203,9 +203,8 @@ def _device(name: str) -> torch.device:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from usod.models.base import load_module, trained_image_size
+    from usod.progress import progress_bar
 
     if not args.input.exists():
         raise FileNotFoundError(f"{args.input}: input not found")
@@ -242,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     written = 0
     with torch.inference_mode():
-        for batch in tqdm(loader, desc="predict", unit="batch", total=len(loader)):
+        for batch in progress_bar(loader, desc="predict", unit="batch", total=len(loader)):
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             saliency = model.predict_step(batch, 0)["saliency"].float()
             described = model.describe(batch["image"]) if args.captions else None

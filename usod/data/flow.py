@@ -168,7 +168,9 @@ def compute_flow(prev_rgb: np.ndarray, next_rgb: np.ndarray, method: str = "dis"
     return np.asarray(flow, dtype=np.float32)
 
 
-def compute_sequence_flows(frames: Sequence[np.ndarray], method: str = "dis") -> list[np.ndarray]:
+def compute_sequence_flows(
+    frames: Sequence[np.ndarray], method: str = "dis", progress: bool | None = False, desc: str = "flow"
+) -> list[np.ndarray]:
     """Forward flow for every frame of a sequence.
 
     Frame ``t`` gets the flow from ``t`` to ``t + 1``; the last frame has no successor and repeats the flow
@@ -177,6 +179,8 @@ def compute_sequence_flows(frames: Sequence[np.ndarray], method: str = "dis") ->
     Args:
         frames: At least two frames of identical size (see :func:`compute_flow`).
         method: Flow method passed to :func:`compute_flow`.
+        progress: Show a progress bar (``None``/``True``: on a terminal, see :mod:`usod.progress`).
+        desc: Label of the progress bar.
 
     Returns:
         One ``HxWx2`` float32 flow per frame (``len(frames)`` of them).
@@ -186,7 +190,10 @@ def compute_sequence_flows(frames: Sequence[np.ndarray], method: str = "dis") ->
     """
     if len(frames) < 2:
         raise ValueError(f"a sequence needs at least 2 frames to compute flow, got {len(frames)}")
-    flows = [compute_flow(frames[t], frames[t + 1], method=method) for t in range(len(frames) - 1)]
+    from usod.progress import progress_bar
+
+    steps = progress_bar(range(len(frames) - 1), desc=desc, unit="frame", enabled=progress, leave=False)
+    flows = [compute_flow(frames[t], frames[t + 1], method=method) for t in steps]
     flows.append(flows[-1].copy())
     return flows
 
@@ -221,6 +228,7 @@ def cached_flow_images(
     frames: Sequence[str | os.PathLike[str]],
     cache_dir: str | os.PathLike[str],
     method: str = "dis",
+    progress: bool | None = None,
 ) -> list[Path]:
     """Colour-wheel flow images of one sequence, computed once and cached.
 
@@ -236,6 +244,7 @@ def cached_flow_images(
         frames: The sequence's frame files in temporal order (at least two).
         cache_dir: Folder of this sequence's flow images (created).
         method: ``"dis"`` or ``"farneback"`` (see :func:`compute_flow`).
+        progress: Show a progress bar while computing (``None``: on a terminal; see :mod:`usod.progress`).
 
     Returns:
         One PNG path per frame, in order.
@@ -267,7 +276,7 @@ def cached_flow_images(
     for path, image in zip(paths, images, strict=True):
         if image.shape != images[0].shape:
             raise ValueError(f"{path}: frame size {image.shape[:2]} differs from {images[0].shape[:2]}")
-    flows = compute_sequence_flows(images, method=method)
+    flows = compute_sequence_flows(images, method=method, progress=progress, desc=f"flow {cache.name}")
     for out, flow in zip(outputs, flows, strict=True):
         write_png_atomic(out, flow_to_color(flow))
     atomic_write_bytes(manifest, (json.dumps(wanted) + "\n").encode())

@@ -9,11 +9,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from usod.data import io
 from usod.data.datasets import SampleFiles, SODDataset, VideoDataset, get_dataset_class
 from usod.data.io import InvalidInputError, LayoutError
+from usod.progress import progress_bar
 
 __all__ = ["InspectReport", "inspect_dataset"]
 
@@ -180,8 +179,8 @@ def inspect_dataset(
     n_valid = 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = pool.map(lambda f: _check_sample(f, ds.with_masks), ds.files)
-        for size, problems, fixes in tqdm(
-            results, total=len(ds), desc=f"inspect {cls.name}", disable=not show
+        for size, problems, fixes in progress_bar(
+            results, total=len(ds), desc=f"inspect {cls.name}", enabled=show
         ):
             if size is not None:
                 sizes[f"{size[0]}x{size[1]}"] += 1

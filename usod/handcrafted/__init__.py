@@ -109,9 +109,9 @@ def run_files(
     ]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from usod.progress import progress_bar
 
-        bar = tqdm(total=len(jobs), desc=name, unit="img")
+        bar = progress_bar(total=len(jobs), desc=name, unit="img")
     written: list[Path] = []
     try:
         if workers <= 0 or len(jobs) <= 1:

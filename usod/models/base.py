@@ -8,11 +8,27 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from usod.data.io import InvalidInputError
+from usod.metrics import SODMetrics
 
 #: Checkpoint key holding the import path of the module class that wrote it.
 CLASS_KEY = "usod_class"
+
+#: SOD metrics logged as ``<stage>_<key>`` by :meth:`USODModule.log_sod_scores` (``w_f`` when computed).
+SOD_LOG_KEYS: tuple[str, ...] = (
+    "mae",
+    "max_f",
+    "mean_f",
+    "adp_f",
+    "max_e",
+    "mean_e",
+    "adp_e",
+    "s_measure",
+    "w_f",
+)
 
 
 class USODModule(pl.LightningModule):
@@ -21,10 +37,130 @@ class USODModule(pl.LightningModule):
     ``predict_step`` of every usod module returns ``{"id", "size", "saliency"}`` (saliency Bx1xhxw in
     [0, 1]), which :class:`~usod.labels.PseudoLabelWriter` and ``usod predict`` consume.
 
-    Testing (``Trainer.test``, ``usod test``) scores the test split exactly like validation: ``test_step``
-    and ``on_test_epoch_end`` run the module's validation hooks, and every ``val_*`` value they log is
-    logged as ``test_*`` instead.
+    Evaluation shared by every module:
+
+    * ``test_step`` scores ``predict_step``'s saliency against the batch's ``mask`` with every SOD metric
+      (weighted F included) and logs ``test_mae``, ``test_max_f``, ... ``test_w_f`` at the end of the test;
+    * :meth:`log_sod_scores` logs a :class:`~usod.metrics.SODMetrics`' scores as ``<stage>_<key>`` and its
+      average curves as a PR-curve table (wandb), from states synchronised across DDP ranks;
+    * :meth:`log_panels` shows image / pseudo label / prediction / ground truth of a few samples of the
+      first batch of an epoch (rank zero, wandb only).
     """
+
+    #: Samples per panel of :meth:`log_panels`.
+    num_panels: int = 4
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.test_metrics = SODMetrics()
+        self._test_has_mask = False
+
+    # ------------------------------------------------------------------ evaluation and logging helpers
+    def log_sod_scores(
+        self, stage: str, metrics: SODMetrics, skip: tuple[str, ...] = (), prog_bar_key: str = "max_f"
+    ) -> dict[str, Tensor]:
+        """Log ``metrics``' scores as ``<stage>_<key>`` and its curves as ``<stage>_pr_curve``; reset it.
+
+        Call it on every rank (computing the scores and curves synchronises the states across processes).
+
+        Args:
+            stage: Key prefix (``"val"``, ``"test"``).
+            metrics: The accumulated metrics.
+            skip: Keys not to log (e.g. ``"mae"`` when the module logs its own ``val_mae``).
+            prog_bar_key: Key shown in the progress bar.
+
+        Returns:
+            The computed scores.
+        """
+        from usod.loggers import log_curves
+
+        scores = metrics.compute()
+        curves = metrics.curves()
+        for key in SOD_LOG_KEYS:
+            if key in scores and key not in skip:
+                # already reduced over DDP ranks (the same on all): "max" keeps them exact and tells Lightning
+                # that they are synchronised
+                self.log(
+                    f"{stage}_{key}",
+                    scores[key].float(),
+                    prog_bar=key == prog_bar_key,
+                    sync_dist=True,
+                    reduce_fx="max",
+                )
+        if not self._sanity_checking():
+            log_curves(self._trainer, f"{stage}_pr_curve", curves)
+        metrics.reset()
+        return scores
+
+    def _sanity_checking(self) -> bool:
+        return bool(self._trainer is not None and getattr(self._trainer, "sanity_checking", False))
+
+    def wants_panels(self, batch_idx: int) -> bool:
+        """Whether :meth:`log_panels` would log for this batch (first batch, rank zero, a wandb logger)."""
+        from usod.loggers import media_loggers
+
+        trainer = self._trainer
+        return (
+            batch_idx == 0
+            and trainer is not None
+            and trainer.is_global_zero
+            and not trainer.sanity_checking
+            and bool(media_loggers(trainer))
+        )
+
+    @torch.no_grad()
+    def log_panels(
+        self, stage: str, batch_idx: int, batch: dict[str, Any] | None = None, **maps: Any
+    ) -> bool:
+        """Log ``<stage>_panels``: image / pseudo label / prediction / ground truth of a few samples.
+
+        Only for the first batch of an epoch, on rank zero, with a wandb logger (cheap otherwise).
+
+        Args:
+            stage: Key prefix.
+            batch_idx: Index of the batch.
+            batch: The batch, for its ``id`` (captions).
+            **maps: Bx?xHxW maps in [0, 1]: ``image``, ``aux``, ``pseudo``, ``prediction``, ``mask``.
+        """
+        if not self.wants_panels(batch_idx):
+            return False
+        from usod.loggers import log_panels
+
+        n = self.num_panels
+        # to the CPU; a multi-target pseudo label (DeepUSPS fusion) shows its first map
+        shown = {}
+        for key, value in maps.items():
+            if isinstance(value, Tensor) and value.ndim == 4:
+                channels = 3 if key in ("image", "aux") else 1
+                shown[key] = value[:n, :channels].detach().float().cpu()
+        ids = batch.get("id") if isinstance(batch, dict) else None
+        return log_panels(self._trainer, f"{stage}_panels", shown, ids=ids, max_samples=n)
+
+    # ------------------------------------------------------------------ test
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Score ``predict_step``'s saliency against ``mask`` (every SOD metric, weighted F included).
+
+        Raises:
+            ValueError: The batch has no ``mask`` (the test set needs ground truth).
+        """
+        mask = batch.get("mask")
+        if not isinstance(mask, Tensor):
+            raise ValueError(
+                "test batches need 'mask' (ground-truth masks); the test set of the datamodule has none"
+            )
+        sal = self.predict_step(batch, batch_idx)["saliency"].float()
+        mask = mask.float()
+        if mask.shape[-2:] != sal.shape[-2:]:
+            mask = F.interpolate(mask, size=sal.shape[-2:], mode="bilinear", align_corners=False)
+        self.test_metrics.update(sal, mask)
+        self._test_has_mask = True
+        self.log_panels("test", batch_idx, batch, image=batch.get("image"), prediction=sal, mask=mask)
+
+    def on_test_epoch_end(self) -> None:
+        """Log ``test_<metric>`` for every SOD metric and the test PR curve."""
+        if self._test_has_mask:
+            self.log_sod_scores("test", self.test_metrics)
+        self._test_has_mask = False
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         class_path = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -34,23 +170,6 @@ class USODModule(pl.LightningModule):
         hparams = checkpoint.get("hyper_parameters")
         if isinstance(hparams, dict) and "_class_path" not in hparams:
             hparams["_class_path"] = class_path
-
-    def _testing(self) -> bool:
-        return self._trainer is not None and bool(self._trainer.testing)
-
-    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
-        """:meth:`LightningModule.log`, with ``val_*`` names renamed ``test_*`` while testing."""
-        if name.startswith("val_") and self._testing():
-            name = "test_" + name[len("val_") :]
-        super().log(name, value, *args, **kwargs)
-
-    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
-        """Score a test batch as :meth:`validation_step` scores a validation batch (logged as ``test_*``)."""
-        return self.validation_step(batch, batch_idx)
-
-    def on_test_epoch_end(self) -> None:
-        """Log the epoch's test scores through :meth:`on_validation_epoch_end` (as ``test_*``)."""
-        self.on_validation_epoch_end()
 
 
 def _without_weight_files(hparams: dict[str, Any]) -> dict[str, Any]:

@@ -253,9 +253,9 @@ def _map(
 ) -> list[Any]:
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from usod.progress import progress_bar
 
-        bar = tqdm(total=len(tasks), desc=desc, unit="img")
+        bar = progress_bar(total=len(tasks), desc=desc, unit="img")
     try:
         if workers <= 0 or len(tasks) <= 1:
             results = []

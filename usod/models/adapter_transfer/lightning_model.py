@@ -48,7 +48,6 @@ __all__ = ["AdapterTransfer", "load_base"]
 LOSSES: tuple[str, ...] = ("bce_ssim_iou", "iou_ms")
 LABEL_UPDATES: tuple[str, ...] = ("none", "olr", "spr")
 INITIAL_LABELS: tuple[str, ...] = ("crf", "raw")
-_VAL_KEYS = ("max_f", "mean_f", "adp_f", "max_e", "mean_e", "adp_e", "s_measure")
 
 
 def _plain(value: Any) -> Any:
@@ -443,6 +442,9 @@ class AdapterTransfer(USODModule):
         self.log("train_loss", loss, prog_bar=True, batch_size=b)
         for name, value in terms.items():
             self.log(f"train_{name}", value, batch_size=b)
+        if self.wants_panels(batch_idx):
+            pred_v = logits.detach().sigmoid()
+            self.log_panels("train", batch_idx, batch, image=views, pseudo=target_v, prediction=pred_v)
         if self.updates_labels_at(self.current_epoch):
             with torch.no_grad():
                 pred = torch.sigmoid(logits.detach().float())
@@ -489,19 +491,14 @@ class AdapterTransfer(USODModule):
         self.log("val_mae", self.val_mae, prog_bar=True, batch_size=sal.shape[0])
         self.val_metrics.update(sal, mask)
         self._val_has_mask = True
+        self.log_panels("val", batch_idx, batch, image=batch.get("image"), prediction=sal, mask=mask)
 
     def on_validation_epoch_end(self) -> None:
         """Log the SOD metrics accumulated over the validation set."""
         if not self._val_has_mask:
             return
-        scores = self.val_metrics.compute()
-        for key in _VAL_KEYS:
-            # already reduced over DDP ranks (the same on all): "max" keeps them exact and tells Lightning
-            # that they are synchronised
-            self.log(
-                f"val_{key}", scores[key].float(), prog_bar=key == "max_f", sync_dist=True, reduce_fx="max"
-            )
-        self.val_metrics.reset()
+        # val_mae comes from validation_step (float maps); the rest from the quantised SOD metrics
+        self.log_sod_scores("val", self.val_metrics, skip=("mae",))
         self._val_has_mask = False
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from usod.metrics import SODMetrics
 from usod.models.aux_input import batch_aux, check_aux_modality, flip_allowed
 from usod.models.base import USODModule
 from usod.models.cue_extractor.loss import ADBLoss, PCLSDLoss
@@ -96,7 +97,8 @@ class CueExtractor(USODModule):
     CRF and median filtering (A2S eq. 6) are left to the pseudo-label writer.
 
     Batches are dicts with ``image`` (Bx3xHxW float in [0, 1]), ``id`` (list[str]), ``size`` (Bx2 original
-    H, W) and, in validation only, optionally ``mask`` (Bx1xHxW in [0, 1]) to log ``val_mae``. With
+    H, W) and, in validation only, optionally ``mask`` (Bx1xHxW in [0, 1]) to log ``val_mae`` and the SOD
+    metrics (``val_max_f``, ``val_mean_f``, ... ``val_s_measure``). With
     ``aux_modality`` other than ``"none"`` every batch also carries the auxiliary image (``depth``,
     ``thermal`` or ``flow``, Bx3xHxW; see :mod:`usod.models.aux_input`).
 
@@ -200,6 +202,8 @@ class CueExtractor(USODModule):
         # a metric, not ``self.log(..., sync_dist=True)``: its sum and count states are reduced over DDP
         # ranks, which stays exact when ranks score different numbers of images
         self.val_loss = MeanMetric()
+        self.val_metrics = SODMetrics(weighted_f=False)
+        self._val_has_mask = False
 
     # ------------------------------------------------------------------ helpers
     def forward(self, images: Tensor, aux: Tensor | None = None) -> CueExtractorOutput:
@@ -297,7 +301,7 @@ class CueExtractor(USODModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Log the loss (no pixel drop) and, when ``mask`` is present, the MAE of the saliency map."""
+        """Log the loss (no pixel drop) and, when ``mask`` is present, the MAE and SOD metrics."""
         images = self._images(batch)
         out = self.model(images, self._aux(batch, images)[1])
         bs = images.shape[0]
@@ -310,6 +314,15 @@ class CueExtractor(USODModule):
                 mask = F.interpolate(mask, size=out.saliency.shape[-2:], mode="bilinear")
             self.val_mae.update((out.saliency - mask).abs().mean(dim=(1, 2, 3)))
             self.log("val_mae", self.val_mae, prog_bar=True, batch_size=bs)
+            self.val_metrics.update(out.saliency, mask)
+            self._val_has_mask = True
+            self.log_panels("val", batch_idx, batch, image=images, prediction=out.saliency, mask=mask)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the SOD metrics accumulated over the validation set (synchronised across ranks)."""
+        if self._val_has_mask:
+            self.log_sod_scores("val", self.val_metrics, skip=("mae",))
+        self._val_has_mask = False
 
     def predict_saliency(self, images: Tensor, aux: Tensor | None = None, allow_flip: bool = True) -> Tensor:
         """Bx1xHxW saliency in [0, 1] at the input size, flip-averaged if ``predict_flip`` (and allowed)."""

@@ -75,6 +75,12 @@ class DeepUSPSConfig:
         write_predictions: Also write the network maps of every refinement round.
         accelerator: Lightning accelerator.
         seed: Global seed.
+        log_every_n_steps: Training steps between logged losses.
+        logger: ``None``/``"csv"`` (CSV logs in ``OUT/logs`` only), ``"wandb"`` or a mapping of wandb
+            settings (see :func:`usod.loggers.logger_settings`): one wandb run ``deepusps-<dataset>`` with
+            every network's losses (``<method>-r<k>-train_loss``, ``fusion-train_loss``), the quality of
+            the moving averages after every epoch (``<method>-r<k>-label_max_f``, ... when the training
+            images have ground truth) and the report's round scores.
     """
 
     out: Path
@@ -96,10 +102,14 @@ class DeepUSPSConfig:
     write_predictions: bool = True
     accelerator: str = "auto"
     seed: int = 0
+    log_every_n_steps: int = 5
+    logger: str | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         from usod.handcrafted import get_method
+        from usod.loggers import logger_settings
 
+        self.logger = logger_settings(self.logger)
         self.out = Path(self.out)
         self.root = Path(self.root)
         self.methods = tuple(m.lower() for m in self.methods)
@@ -179,17 +189,21 @@ def _trainer(config: DeepUSPSConfig, max_epochs: int, name: str, callbacks: list
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
 
+    from usod.loggers import stage_loggers
+    from usod.progress import progress_enabled
+
     return pl.Trainer(
         accelerator=config.accelerator,
         devices=1,
         max_epochs=max_epochs,
-        logger=CSVLogger(config.out / "logs", name=name),
+        logger=[CSVLogger(config.out / "logs", name=name), *stage_loggers(name)],
         enable_checkpointing=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        log_every_n_steps=5,
+        log_every_n_steps=config.log_every_n_steps,
         callbacks=callbacks,
+        enable_progress_bar=progress_enabled(),
     )
 
 
@@ -201,6 +215,7 @@ def train_refinement_round(
     Returns:
         The checkpoint, and whether it was trained now (False: resumed).
     """
+    from usod.labels.quality import PseudoLabelQuality
     from usod.models.deepusps.lightning_model import DeepUSPSRefiner, MVARoundWriter
     from usod.pipeline import _save_checkpoint
 
@@ -217,7 +232,8 @@ def train_refinement_round(
     writer = MVARoundWriter(
         store, target, meta={"method": method, "round": k, "from": source}, expected_ids=ids
     )
-    trainer = _trainer(config, config.epochs, f"{method}-r{k}", [writer])
+    # the moving averages are scored after every epoch when the training images have ground truth
+    trainer = _trainer(config, config.epochs, f"{method}-r{k}", [writer, PseudoLabelQuality()])
     trainer.fit(model, datamodule=_datamodule(config, [str(store.round_dir(source))]))
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     _save_checkpoint(trainer, ckpt)  # after the MVA round: a checkpoint means the round is complete
@@ -304,10 +320,21 @@ def run_deepusps(config: DeepUSPSConfig) -> dict[str, Any]:
     """
     import pytorch_lightning as pl
 
-    from usod.labels import PseudoLabelStore
+    from usod.loggers import wandb_job
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     config.out.mkdir(parents=True, exist_ok=True)
+    settings = json.loads(json.dumps(asdict(config), default=str))
+    with wandb_job(config.logger, "deepusps", config.dataset, config.root, config.out, config=settings):
+        return _run_steps(config)
+
+
+def _run_steps(config: DeepUSPSConfig) -> dict[str, Any]:
+    import pytorch_lightning as pl
+
+    from usod.labels import PseudoLabelStore
+    from usod.loggers import active_run, log_results
+
     store = PseudoLabelStore(config.store_root)
     dataset = _predict_set(config)
     ids = [f.id for f in dataset.files]
@@ -340,4 +367,8 @@ def run_deepusps(config: DeepUSPSConfig) -> dict[str, Any]:
         "metrics": metrics,
     }
     (config.out / "report.json").write_text(json.dumps(summary, indent=2))
+    run = active_run()
+    if run is not None:
+        log_results(run, "labels", {name: {"scores": scores} for name, scores in metrics.items()})
+        run.summary.update({f"timings_s/{k}": v for k, v in timings.items()})
     return summary

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from usod.metrics import SODMetrics
 from usod.models.base import USODModule
 from usod.models.deepusps.loss import FBetaLoss, binarize_targets
 from usod.models.deepusps.torch_model import DeepUSPSModel
@@ -66,7 +67,8 @@ class DeepUSPSRefiner(USODModule):
 
     Training batches need ``image`` (Bx3xHxW in [0, 1]), ``pseudo`` (BxKxHxW in [0, 1], ``K = num_targets``),
     ``id`` and ``size``; ``mask`` is never read in training. Validation batches with ``mask`` log
-    ``val_mae``. ``predict_step`` returns ``{"id", "size", "saliency"}``.
+    ``val_mae`` and the SOD metrics (``val_max_f``, ... ``val_s_measure``).
+    ``predict_step`` returns ``{"id", "size", "saliency"}``.
 
     Args:
         backbone: :class:`usod.models.backbones.BackboneConfig` fields (``None``: the bundled
@@ -131,7 +133,11 @@ class DeepUSPSRefiner(USODModule):
         self.loss_fn = FBetaLoss(beta2)
         #: Moving averages of the CRF'd training predictions, id -> HxW uint8 at training resolution.
         self.mva_bank = LabelBank()
+        #: Called on every rank after each epoch's MVA update as ``fn(module, epoch, updated_ids)``.
+        self.label_listeners: list[Any] = []
         self.val_mae = MeanMetric()
+        self.val_metrics = SODMetrics(weighted_f=False)
+        self._val_has_mask = False
 
     # ------------------------------------------------------------------ targets and MVA
     def training_targets(self, batch: dict[str, Any]) -> Tensor:
@@ -191,6 +197,10 @@ class DeepUSPSRefiner(USODModule):
         """The moving averages, ``id -> HxW uint8`` (training resolution, or each image's original size)."""
         return self.mva_bank.export(original_size=original_size)
 
+    def export_labels(self, original_size: bool = False) -> dict[str, np.ndarray]:
+        """The pseudo labels this module produces: its moving averages (as :meth:`export_mva`)."""
+        return self.export_mva(original_size=original_size)
+
     # ------------------------------------------------------------------ lightning hooks
     def forward(self, images: Tensor) -> Tensor:
         """Saliency logits Bx1xHxW for Bx3xHxW images in [0, 1]."""
@@ -218,6 +228,8 @@ class DeepUSPSRefiner(USODModule):
         probs = torch.sigmoid(self.model(views))
         loss = self.loss_fn(probs, target_v)
         self.log("train_loss", loss, prog_bar=True, batch_size=b)
+        if self.wants_panels(batch_idx):
+            self.log_panels("train", batch_idx, batch, image=views, pseudo=target_v, prediction=probs)
         if self.hparams.mva and self.current_epoch >= self.hparams.mva_start_epoch:
             ids = batch.get("id")
             if ids is None or len(ids) != b:
@@ -227,12 +239,14 @@ class DeepUSPSRefiner(USODModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        """Apply the epoch's MVA updates on every rank (a collective under DDP)."""
+        """Apply the epoch's MVA updates on every rank (a collective under DDP), then notify listeners."""
         if self.hparams.mva:
-            self.mva_bank.commit()
+            updated = self.mva_bank.commit()
+            for listener in list(self.label_listeners):
+                listener(self, self.current_epoch, updated)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """MAE against ``mask`` when the batch has one."""
+        """MAE and the SOD metrics against ``mask`` when the batch has one."""
         mask = batch.get("mask")
         if mask is None:
             return
@@ -243,6 +257,15 @@ class DeepUSPSRefiner(USODModule):
             mask = F.interpolate(mask, size=sal.shape[-2:], mode="bilinear")
         self.val_mae.update((sal - mask).abs().mean(dim=(1, 2, 3)))
         self.log("val_mae", self.val_mae, prog_bar=True, batch_size=images.shape[0])
+        self.val_metrics.update(sal, mask)
+        self._val_has_mask = True
+        self.log_panels("val", batch_idx, batch, image=images, prediction=sal, mask=mask)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the SOD metrics accumulated over the validation set (synchronised across ranks)."""
+        if self._val_has_mask:
+            self.log_sod_scores("val", self.val_metrics, skip=("mae",))
+        self._val_has_mask = False
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Return ``{"id", "size", "saliency"}`` for the pseudo-label writer and ``usod predict``."""

@@ -55,7 +55,6 @@ LOSSES: tuple[str, ...] = ("bce_ssim_iou", "iou_ms")
 LABEL_UPDATES: tuple[str, ...] = ("none", "olr", "spr")
 SPR_INPUTS: tuple[str, ...] = ("label", "prediction")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
-_VAL_KEYS = ("max_f", "mean_f", "adp_f", "max_e", "mean_e", "adp_e", "s_measure")
 
 LabelListener = Callable[["SaliencyDetector", int, list[str]], None]
 
@@ -451,6 +450,9 @@ class SaliencyDetector(USODModule):
         for name, value in terms.items():
             self.log(f"train_{name}", value, batch_size=b)
 
+        if self.wants_panels(batch_idx):
+            pred_v = logits.detach().sigmoid()
+            self.log_panels("train", batch_idx, batch, image=views, pseudo=target_v, prediction=pred_v)
         if self.updates_labels_at(self.current_epoch):
             with torch.no_grad():
                 pred = torch.sigmoid(logits.detach().float())
@@ -497,19 +499,14 @@ class SaliencyDetector(USODModule):
         self.log("val_mae", self.val_mae, prog_bar=True, batch_size=images.shape[0])
         self.val_metrics.update(sal, mask)
         self._val_has_mask = True
+        self.log_panels("val", batch_idx, batch, image=images, prediction=sal, mask=mask)
 
     def on_validation_epoch_end(self) -> None:
         """Log the SOD metrics accumulated over the validation set (synchronised across ranks)."""
         if not self._val_has_mask:
             return
-        scores = self.val_metrics.compute()
-        for key in _VAL_KEYS:
-            # already reduced over DDP ranks (the same on all): "max" keeps them exact and tells Lightning
-            # that they are synchronised
-            self.log(
-                f"val_{key}", scores[key].float(), prog_bar=key == "max_f", sync_dist=True, reduce_fx="max"
-            )
-        self.val_metrics.reset()
+        # val_mae comes from validation_step (float maps); the rest from the quantised SOD metrics
+        self.log_sod_scores("val", self.val_metrics, skip=("mae",))
         self._val_has_mask = False
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:

@@ -51,7 +51,6 @@ __all__ = ["PHASES", "SUPERVISIONS", "SDGCaptionGuided"]
 
 PHASES: tuple[str, ...] = ("caption", "sod", "fused")
 SUPERVISIONS: tuple[str, ...] = ("pseudo", "mask")
-_VAL_KEYS = ("max_f", "mean_f", "adp_f", "max_e", "mean_e", "adp_e", "s_measure")
 #: Checkpoint key listing the branches a checkpoint holds trained.
 BRANCHES_KEY = "sdg_branches"
 _BRANCH_PREFIXES = {"captioner": "model.captioner.", "sod": "model.sod.", "fusion": "model.fusion."}
@@ -394,6 +393,9 @@ class SDGCaptionGuided(USODModule):
         self.log("train_loss", loss, prog_bar=True, batch_size=b)
         for name, value in terms.items():
             self.log(f"train_{name}", value, batch_size=b)
+        if self.wants_panels(batch_idx):
+            pred_v = logits.detach().sigmoid()
+            self.log_panels("train", batch_idx, batch, image=images, pseudo=target, prediction=pred_v)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -417,18 +419,13 @@ class SDGCaptionGuided(USODModule):
         self.log("val_mae", self.val_mae, prog_bar=True, batch_size=b)
         self.val_metrics.update(sal, mask)
         self._val_has_mask = True
+        self.log_panels("val", batch_idx, batch, image=images, prediction=sal, mask=mask)
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_has_mask:
             return
-        scores = self.val_metrics.compute()
-        for key in _VAL_KEYS:
-            # already reduced over DDP ranks (the same on all): "max" keeps them exact and tells Lightning
-            # that they are synchronised
-            self.log(
-                f"val_{key}", scores[key].float(), prog_bar=key == "max_f", sync_dist=True, reduce_fx="max"
-            )
-        self.val_metrics.reset()
+        # val_mae comes from validation_step (float maps); the rest from the quantised SOD metrics
+        self.log_sod_scores("val", self.val_metrics, skip=("mae",))
         self._val_has_mask = False
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
