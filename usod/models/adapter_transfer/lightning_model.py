@@ -334,7 +334,7 @@ class AdapterTransfer(USODModule):
         sal = self(images, aux)
         if self.hparams.predict_flip and allow_flip:
             sal = 0.5 * (sal + self(images.flip(-1), None if aux is None else aux.flip(-1)).flip(-1))
-        return sal
+        return sal.float()  # float32 under autocast too, for numpy, CRF and PNGs
 
     def _batch_saliency(self, batch: dict[str, Any]) -> Tensor:
         images = self._images(batch)

@@ -313,7 +313,7 @@ class CueExtractor(USODModule):
         if self.hparams.predict_flip and allow_flip:
             aux_flipped = None if aux is None else aux.flip(-1)
             sal = 0.5 * (sal + self.model(images.flip(-1), aux_flipped).saliency.flip(-1))
-        return sal
+        return sal.float()  # float32 under autocast too, for numpy, CRF and PNGs
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Return ``{"id", "size", "saliency"}`` for the pseudo-label writer (no CRF here)."""

@@ -349,8 +349,8 @@ class SDGCaptionGuided(USODModule):
         return self.model(images, self.guidance(images) if use else None)
 
     def predict_saliency(self, images: Tensor) -> Tensor:
-        """Bx1xHxW saliency in [0, 1]."""
-        return torch.sigmoid(self(images))
+        """Bx1xHxW float32 saliency in [0, 1] (also under autocast)."""
+        return torch.sigmoid(self(images).float())
 
     @torch.no_grad()
     def describe(self, images: Tensor) -> list[dict[str, Any]]:
