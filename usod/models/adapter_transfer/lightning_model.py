@@ -282,6 +282,10 @@ class AdapterTransfer(USODModule):
         self.base.eval()
         return self
 
+    def compile_targets(self) -> list[torch.nn.Module]:
+        """The base network, with the adapters in their hooks (traced as part of each encoder stage)."""
+        return self.base.compile_targets()
+
     def adapter_parameters(self) -> list[torch.nn.Parameter]:
         """The trained parameters (the adapters)."""
         return list(self.adapters.parameters())

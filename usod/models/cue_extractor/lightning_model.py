@@ -203,6 +203,10 @@ class CueExtractor(USODModule):
         """Run the network on Bx3xHxW images in [0, 1] (and the auxiliary image of a two-stream model)."""
         return self.model(images, aux)
 
+    def compile_targets(self) -> list[nn.Module]:
+        """The encoder and every head: training calls them one by one (the feature cache sits between)."""
+        return [self.model.encoder, *self.model.stage_heads, self.model.fusion_head]
+
     def training_progress(self) -> float:
         """Fraction of the epochs done (0 without a trainer or without a finite ``max_epochs``)."""
         trainer = self._trainer

@@ -339,6 +339,10 @@ class SDGCaptionGuided(USODModule):
             target = F.interpolate(target, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return target
 
+    def compile_targets(self) -> list[torch.nn.Module]:
+        """The two encoders: caption generation has data-dependent lengths, so the rest stays eager."""
+        return [self.model.sod.encoder, self.model.captioner.visual.encoder]
+
     def guidance(self, images: Tensor) -> Guidance:
         """Captions and word attention maps of ``images`` (no gradients: the captioner is fixed here)."""
         return self.model.captioner.describe(images)
