@@ -78,6 +78,7 @@ class Settings:
     compile_mode: str | None = None
     feature_cache: bool = True
     feature_cache_dtype: str = "bfloat16"
+    feature_cache_storage: str = "device"
     num_workers: int = 0
     threads: int | None = None
     seed: int = 0
@@ -161,6 +162,7 @@ def build_module(name: str, s: Settings, workdir: Path, feature_cache: bool) -> 
             lr_milestones=(),
             feature_cache=feature_cache,
             feature_cache_dtype=s.feature_cache_dtype,
+            feature_cache_storage=s.feature_cache_storage,
         )
     if name == "saliency_detector":
         from usod.models.saliency_detector import SaliencyDetector
@@ -216,7 +218,8 @@ class PlainSteps:
         if name == "cue_extractor" and feature_cache:
             from usod.models.cue_extractor.lightning_model import _CACHE_DTYPES, FeatureCache
 
-            self.cache = FeatureCache(_CACHE_DTYPES[module.hparams.feature_cache_dtype])
+            hp = module.hparams
+            self.cache = FeatureCache(_CACHE_DTYPES[hp.feature_cache_dtype], storage=hp.feature_cache_storage)
         module.train()
 
     # -- the network ------------------------------------------------------------------------------------
@@ -281,6 +284,27 @@ class PlainSteps:
 
 
 # ----------------------------------------------------------------------------------------------- timing
+@dataclass
+class Measurement:
+    """Images processed in the timed window, its wall-clock seconds and this process's CPU seconds.
+
+    On a shared CPU the wall clock includes waiting for other processes; the CPU time (summed over this
+    process's threads) does not, so ``images / cpu_seconds`` is the steadier figure there.
+    """
+
+    images: int
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds
+
+    @property
+    def images_per_cpu_s(self) -> float:
+        return self.images / max(self.cpu_seconds, 1e-9)
+
+
 class WindowTimer(pl.Callback):
     """Wall time from the start of the first timed batch to the end of the last (device synchronised)."""
 
@@ -290,17 +314,20 @@ class WindowTimer(pl.Callback):
         self.predict_from = predict_from
         self.start: float | None = None
         self.end: float | None = None
+        self.cpu_start = self.cpu_end = 0.0
         self.images = 0
 
     def _begin(self, batch: dict[str, Any]) -> None:
         if self.start is None:
             _sync(self.device)
             self.start = time.perf_counter()
+            self.cpu_start = time.process_time()
         self.images += int(batch["image"].shape[0])
 
     def _finish(self) -> None:
         _sync(self.device)
         self.end = time.perf_counter()
+        self.cpu_end = time.process_time()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
         if trainer.current_epoch == self.train_epoch:
@@ -322,11 +349,10 @@ class WindowTimer(pl.Callback):
         if batch_idx >= self.predict_from:
             self._finish()
 
-    def rate(self) -> tuple[float, float, int]:
+    def result(self) -> Measurement:
         if self.start is None or self.end is None or self.images == 0:
             raise RuntimeError("no timed batch ran")
-        seconds = self.end - self.start
-        return self.images / seconds, seconds, self.images
+        return Measurement(self.images, self.end - self.start, self.cpu_end - self.cpu_start)
 
 
 def _options(s: Settings, optimised: bool) -> PerformanceOptions:
@@ -347,7 +373,7 @@ def _autocast(s: Settings, device: torch.device, optimised: bool) -> AbstractCon
     return torch.autocast(device.type, dtype=dtype)
 
 
-def run_library(name: str, s: Settings, workdir: Path, phase: str) -> tuple[float, float, int]:
+def run_library(name: str, s: Settings, workdir: Path, phase: str) -> Measurement:
     device = torch.device(s.device)
     module = build_module(name, s, workdir, feature_cache=s.feature_cache)
     timer = WindowTimer(device, train_epoch=1, predict_from=s.warmup)
@@ -371,10 +397,10 @@ def run_library(name: str, s: Settings, workdir: Path, phase: str) -> tuple[floa
     else:
         data = SyntheticSOD(s.batch_size * (s.steps + s.warmup), s.image_size, s.seed, caption)
         trainer.predict(module, _loader(data, s, optimised=True), return_predictions=False)
-    return timer.rate()
+    return timer.result()
 
 
-def run_plain(name: str, s: Settings, workdir: Path, phase: str, optimised: bool) -> tuple[float, float, int]:
+def run_plain(name: str, s: Settings, workdir: Path, phase: str, optimised: bool) -> Measurement:
     device = torch.device(s.device)
     module = build_module(name, s, workdir, feature_cache=optimised and s.feature_cache)
     channels_last = optimised and s.resolved_channels_last()
@@ -396,7 +422,7 @@ def run_plain(name: str, s: Settings, workdir: Path, phase: str, optimised: bool
             with _autocast(s, device, optimised):
                 steps.train_step(batch)
         _sync(device)
-        start, images = time.perf_counter(), 0
+        start, cpu_start, images = time.perf_counter(), time.process_time(), 0
         for batch in batches(loader):
             with _autocast(s, device, optimised):
                 steps.train_step(batch)
@@ -404,23 +430,22 @@ def run_plain(name: str, s: Settings, workdir: Path, phase: str, optimised: bool
     else:
         data = SyntheticSOD(s.batch_size * (s.steps + s.warmup), s.image_size, s.seed, caption)
         module.eval()
-        start, images = 0.0, 0
+        start, cpu_start, images = 0.0, 0.0, 0
         with torch.inference_mode():
             for i, batch in enumerate(batches(_loader(data, s, optimised))):
                 if i == s.warmup:
                     _sync(device)
-                    start = time.perf_counter()
+                    start, cpu_start = time.perf_counter(), time.process_time()
                 with _autocast(s, device, optimised):
                     steps.saliency(batch["image"])
                 if i >= s.warmup:
                     images += batch["image"].shape[0]
     _sync(device)
-    seconds = time.perf_counter() - start
-    return images / seconds, seconds, images
+    return Measurement(images, time.perf_counter() - start, time.process_time() - cpu_start)
 
 
-def measure(name: str, mode: str, phase: str, s: Settings, workdir: Path) -> tuple[float, float, int]:
-    """(images/s, seconds, images) of one module, mode (library/plain/naive) and phase (train/infer)."""
+def measure(name: str, mode: str, phase: str, s: Settings, workdir: Path) -> Measurement:
+    """Throughput of one module, mode (library/plain/naive) and phase (train/infer)."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if mode == "library":
@@ -456,14 +481,17 @@ def environment(s: Settings) -> dict[str, Any]:
         "timm": timm.__version__,
         "python": platform.python_version(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
 
-def table(results: list[dict[str, Any]]) -> str:
-    rows = {}
+def table(results: list[dict[str, Any]], key: str = "images_per_s") -> str:
+    """A markdown table of ``key`` per module and phase, with the library's ratios to the loops."""
+    rows: dict[tuple[str, str], dict[str, float]] = {}
     for r in results:
-        rows.setdefault((r["module"], r["phase"]), {})[r["mode"]] = r["images_per_s"]
+        rows.setdefault((r["module"], r["phase"]), {})[r["mode"]] = r[key]
     lines = [
         "| module | phase | library img/s | plain img/s | naive fp32 img/s | library / plain "
         "| library / naive |",
@@ -503,6 +531,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     p.add_argument("--compile-mode", default=None)
     p.add_argument("--no-feature-cache", action="store_true", help="cue extractor without its feature cache")
     p.add_argument("--feature-cache-dtype", default="bfloat16", choices=("float16", "bfloat16", "float32"))
+    p.add_argument("--feature-cache-storage", default="device", choices=("device", "cpu"))
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (in-memory samples)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -533,6 +562,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
         compile_mode=a.compile_mode,
         feature_cache=not a.no_feature_cache,
         feature_cache_dtype=a.feature_cache_dtype,
+        feature_cache_storage=a.feature_cache_storage,
         num_workers=a.num_workers,
         threads=a.threads,
         phases=phases,
@@ -556,22 +586,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name in settings.modules:
             for phase in phases:
                 for mode in settings.modes:
-                    rate, seconds, images = measure(name, mode, phase, settings, Path(tmp))
+                    m = measure(name, mode, phase, settings, Path(tmp))
                     results.append(
                         {
                             "module": name,
                             "phase": phase,
                             "mode": mode,
-                            "images_per_s": rate,
-                            "seconds": seconds,
-                            "images": images,
+                            "images_per_s": m.images_per_s,
+                            "images_per_cpu_s": m.images_per_cpu_s,
+                            "seconds": m.seconds,
+                            "cpu_seconds": m.cpu_seconds,
+                            "images": m.images,
                         }
                     )
                     print(
-                        f"  {name:18s} {phase:5s} {mode:8s} {rate:9.1f} img/s "
-                        f"({images} images, {seconds:.2f} s)",
+                        f"  {name:18s} {phase:5s} {mode:8s} {m.images_per_s:9.1f} img/s "
+                        f"({m.images} images, {m.seconds:.2f} s wall, {m.cpu_seconds:.2f} s CPU)",
                         flush=True,
                     )
+    if hasattr(os, "getloadavg"):
+        env["load_average_end"] = os.getloadavg()
     report = {
         "settings": {
             **asdict(settings),
@@ -581,8 +615,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "environment": env,
         "results": results,
     }
-    print()
+    print("\nimages/s (wall clock):")
     print(table(results))
+    if not settings.device.startswith("cuda"):
+        print("\nimages per CPU second of this process (steadier on a shared machine):")
+        print(table(results, key="images_per_cpu_s"))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2))
