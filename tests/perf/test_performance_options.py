@@ -89,3 +89,23 @@ def test_compile_eager_backend_runs_the_compiled_modules(name: str, tmp_path: Pa
     trainer(max_epochs=1, limit_train_batches=1, callbacks=[options]).fit(compiled, loader)
     # setting up again (fit after predict) does not compile twice
     assert len(options.compiled) == len(compile_targets(compiled))
+
+
+def test_pipeline_and_trainer_configs_carry_the_options(tmp_path: Path) -> None:
+    import yaml
+
+    from usod.pipeline import PipelineConfig, _trainer
+
+    config = PipelineConfig(
+        out=tmp_path, accelerator="cpu", precision="bf16-mixed", performance={"channels_last": True}
+    )
+    trainer = _trainer(config, 1, "stage1")
+    assert trainer.precision == "bf16-mixed"
+    (options,) = [c for c in trainer.callbacks if isinstance(c, PerformanceOptions)]
+    assert options.channels_last and not options.compile
+    repo = Path(__file__).resolve().parents[2]
+    for name in ("gpu", "ddp"):
+        trainer_config = yaml.safe_load((repo / f"configs/trainer/{name}.yaml").read_text())["trainer"]
+        (callback,) = trainer_config["callbacks"]
+        assert callback["class_path"] == "usod.callbacks.PerformanceOptions"
+        PerformanceOptions(**callback["init_args"])  # the arguments exist

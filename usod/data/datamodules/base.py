@@ -58,10 +58,11 @@ class SODDataModule(pl.LightningDataModule):
         prefetch_factor: batches each worker loads ahead (``None``: PyTorch's default, 2); raise it when a
             fast GPU waits on irregular decode times.
         cache_images: keep decoded, resized samples in memory (see :class:`~usod.data.cache.CachedDataset`):
-            the validation/test set always, the training set when its transform is deterministic
-            (``augment=False`` or ``gpu_augment=True``; otherwise a warning says it is not cached). The
-            cache is filled in :meth:`setup` with ``num_workers`` processes and holds what was read then:
-            pseudo labels written later need a new :meth:`setup`.
+            the validation/test set always (filled as it is read, by each persistent worker for its
+            share), the training set when its transform is deterministic (``augment=False`` or
+            ``gpu_augment=True``; otherwise a warning says it is not cached), filled in :meth:`setup` with
+            ``num_workers`` processes. The cache holds what was read then: pseudo labels written later need
+            a new :meth:`setup`.
         augment: random resized crop, flip and colour jitter in training; ``False`` gives resize only
             (required by frozen-encoder feature caching).
         crop_scale: area range of the random resized crop.
@@ -198,7 +199,7 @@ class SODDataModule(pl.LightningDataModule):
         """Whether the training samples are the same every epoch (the precondition of caching them)."""
         return not self.augment or self.gpu_augment is not None
 
-    def _cached(self, dataset: Dataset, deterministic: bool = True) -> Dataset:
+    def _cached(self, dataset: Dataset, deterministic: bool = True, fill: bool = True) -> Dataset:
         if not self.cache_images:
             return dataset
         if not deterministic:
@@ -207,7 +208,8 @@ class SODDataModule(pl.LightningDataModule):
                 "(set augment=False, or gpu_augment=True to augment on the device instead)"
             )
             return dataset
-        return CachedDataset(dataset).fill(self.num_workers)
+        cached = CachedDataset(dataset)
+        return cached.fill(self.num_workers) if fill else cached
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
@@ -215,7 +217,9 @@ class SODDataModule(pl.LightningDataModule):
                 self.build_train_set(self.pseudo_dir), self.train_transform_is_deterministic()
             )
         if stage in (None, "fit", "validate", "test"):
-            self.val_set = self._cached(self.build_eval_set())
+            # filled lazily: an unshuffled loader sends each persistent worker the same batches every epoch,
+            # so each worker caches its share, and runs without validation decode nothing
+            self.val_set = self._cached(self.build_eval_set(), fill=False)
         if stage in (None, "predict"):
             if self.predict_on == "train":
                 self.predict_set = self.build_train_set(None, transform=EvalTransform(self.image_size))
