@@ -15,7 +15,9 @@ For each module three ways of running the same network on the same synthetic bat
   ``configure_optimizers``), with the same options (autocast, channels-last, compile, the feature cache), so
   that ``library / plain`` shows what Lightning and the module's bookkeeping cost.
 * ``naive``: the plain loop in float32 with none of the options (no feature cache, no autocast,
-  contiguous tensors, no compile, no pinned memory), the baseline of the ``library / naive`` speed-up.
+  contiguous tensors, no compile, no pinned memory, no cuDNN autotuning), the baseline of the
+  ``library / naive`` speed-up. cuDNN may still run its float32 convolutions in TF32 on a GPU (PyTorch's
+  default, ``torch.backends.cudnn.allow_tf32``); ``--naive-tf32 off`` measures strict float32 instead.
 
 Batches are synthetic (in memory: images with a bright object, soft pseudo labels), so the numbers measure
 the model side; decoding is covered by the datamodules' workers and image cache. Training is timed over the
@@ -80,6 +82,7 @@ class Settings:
     feature_cache_dtype: str = "bfloat16"
     feature_cache_storage: str = "device"
     num_workers: int = 0
+    naive_tf32: bool = True
     threads: int | None = None
     seed: int = 0
 
@@ -450,7 +453,13 @@ def measure(name: str, mode: str, phase: str, s: Settings, workdir: Path) -> Mea
         torch.cuda.empty_cache()
     if mode == "library":
         return run_library(name, s, workdir, phase)
-    return run_plain(name, s, workdir, phase, optimised=mode == "plain")
+    # PyTorch's default lets cuDNN run float32 convolutions in TF32; --naive-tf32 off makes them true fp32
+    default_tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = default_tf32 if mode == "plain" or s.naive_tf32 else False
+    try:
+        return run_plain(name, s, workdir, phase, optimised=mode == "plain")
+    finally:
+        torch.backends.cudnn.allow_tf32 = default_tf32
 
 
 # ---------------------------------------------------------------------------------------------- reporting
@@ -533,6 +542,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     p.add_argument("--feature-cache-dtype", default="bfloat16", choices=("float16", "bfloat16", "float32"))
     p.add_argument("--feature-cache-storage", default="device", choices=("device", "cpu"))
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (in-memory samples)")
+    p.add_argument(
+        "--naive-tf32",
+        choices=("on", "off"),
+        default="on",
+        help="naive loop with PyTorch's default TF32 cuDNN convolutions (on) or strict fp32 (off)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     a = p.parse_args(argv)
@@ -564,6 +579,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
         feature_cache_dtype=a.feature_cache_dtype,
         feature_cache_storage=a.feature_cache_storage,
         num_workers=a.num_workers,
+        naive_tf32=a.naive_tf32 == "on",
         threads=a.threads,
         phases=phases,
     )
