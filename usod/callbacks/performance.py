@@ -3,13 +3,14 @@
 Mixed precision is not here: it is the Trainer's ``precision="bf16-mixed"`` (``configs/trainer/gpu.yaml``),
 which every usod module supports (losses run in float32, see :mod:`usod.models.precision`).
 
-From the CLI::
+``configs/trainer/gpu.yaml`` and ``ddp.yaml`` add it with channels-last on; from the CLI::
 
-    usod fit -c configs/experiment/a2s_stage1.yaml --trainer configs/trainer/gpu.yaml \\
-        --trainer.callbacks+=usod.callbacks.PerformanceOptions \\
-        --trainer.callbacks.channels_last=true --trainer.callbacks.compile=true
+    usod fit --config EXPERIMENT.yaml --config configs/trainer/gpu.yaml --trainer.callbacks.compile=true
+    usod fit --config EXPERIMENT.yaml --trainer.callbacks+=usod.callbacks.PerformanceOptions \\
+        --trainer.callbacks.channels_last=true
 
-and from Python ``Trainer(callbacks=[PerformanceOptions(channels_last=True, compile=True)])``.
+from ``usod pipeline`` with ``precision: bf16-mixed`` and ``performance: {channels_last: true}``, and from
+Python with ``Trainer(callbacks=[PerformanceOptions(channels_last=True, compile=True)])``.
 """
 
 from __future__ import annotations
