@@ -78,6 +78,7 @@ class Settings:
     channels_last: bool | None = None
     compile: bool = False
     compile_mode: str | None = None
+    compile_backend: str = "inductor"
     feature_cache: bool = True
     feature_cache_dtype: str = "bfloat16"
     feature_cache_storage: str = "device"
@@ -278,9 +279,10 @@ class PlainSteps:
         return torch.sigmoid(network(images).float())
 
     # -- the steps --------------------------------------------------------------------------------------
-    def train_step(self, batch: dict[str, Any]) -> Tensor:
+    def train_step(self, batch: dict[str, Any], autocast: AbstractContextManager) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(batch)
+        with autocast:  # the forward pass and loss only, as PyTorch recommends for autocast
+            loss = self.loss(batch)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
@@ -363,6 +365,7 @@ def _options(s: Settings, optimised: bool) -> PerformanceOptions:
         channels_last=optimised and s.resolved_channels_last(),
         compile=optimised and s.compile,
         compile_mode=s.compile_mode,
+        compile_backend=s.compile_backend,
     )
 
 
@@ -422,13 +425,11 @@ def run_plain(name: str, s: Settings, workdir: Path, phase: str, optimised: bool
         loader = _loader(SyntheticSOD(s.batch_size * s.steps, s.image_size, s.seed, caption), s, optimised)
         module.train()
         for batch in batches(loader):  # warm-up epoch
-            with _autocast(s, device, optimised):
-                steps.train_step(batch)
+            steps.train_step(batch, _autocast(s, device, optimised))
         _sync(device)
         start, cpu_start, images = time.perf_counter(), time.process_time(), 0
         for batch in batches(loader):
-            with _autocast(s, device, optimised):
-                steps.train_step(batch)
+            steps.train_step(batch, _autocast(s, device, optimised))
             images += batch["image"].shape[0]
     else:
         data = SyntheticSOD(s.batch_size * (s.steps + s.warmup), s.image_size, s.seed, caption)
@@ -538,6 +539,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="auto: on cuda")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (library and plain)")
     p.add_argument("--compile-mode", default=None)
+    p.add_argument("--compile-backend", default="inductor", help="inductor; eager only traces (for checks)")
     p.add_argument("--no-feature-cache", action="store_true", help="cue extractor without its feature cache")
     p.add_argument("--feature-cache-dtype", default="bfloat16", choices=("float16", "bfloat16", "float32"))
     p.add_argument("--feature-cache-storage", default="device", choices=("device", "cpu"))
@@ -575,6 +577,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
         channels_last=None if a.channels_last == "auto" else a.channels_last == "on",
         compile=a.compile,
         compile_mode=a.compile_mode,
+        compile_backend=a.compile_backend,
         feature_cache=not a.no_feature_cache,
         feature_cache_dtype=a.feature_cache_dtype,
         feature_cache_storage=a.feature_cache_storage,
