@@ -80,3 +80,17 @@ def test_bf16_label_tensors_are_stored() -> None:
 
     label = torch.tensor([[0.0, 0.5], [1.0, 0.25]], dtype=torch.bfloat16)
     assert to_uint8_label(label).tolist() == [[0, 128], [255, 64]]
+
+
+def test_to_float32_walks_containers() -> None:
+    from collections import namedtuple
+
+    from usod.models.precision import to_float32
+
+    Pair = namedtuple("Pair", "a b")
+    half = torch.ones(2, dtype=torch.bfloat16)
+    out = to_float32({"x": [half, (half, 3)], "p": Pair(half, torch.ones(2, dtype=torch.long)), "s": "id"})
+    assert out["x"][0].dtype == torch.float32 and out["x"][1][0].dtype == torch.float32
+    assert out["x"][1][1] == 3
+    assert isinstance(out["p"], Pair) and out["p"].a.dtype == torch.float32 and out["p"].b.dtype == torch.long
+    assert out["s"] == "id"

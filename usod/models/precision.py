@@ -29,6 +29,8 @@ def to_float32(value: Any) -> Any:
     """``value`` with every floating-point tensor (also inside lists, tuples and dicts) cast to float32."""
     if isinstance(value, Tensor):
         return value.float() if value.is_floating_point() and value.dtype != torch.float32 else value
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+        return type(value)(*(to_float32(v) for v in value))
     if isinstance(value, (list, tuple)):
         return type(value)(to_float32(v) for v in value)
     if isinstance(value, dict):
