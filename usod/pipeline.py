@@ -71,6 +71,10 @@ class PipelineConfig:
             dataset name): every trained stage's predictions are scored on them in the report (the images
             are never used for training).
         accelerator: Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``).
+        precision: Lightning precision of both stages (``"32-true"``; ``"bf16-mixed"`` on a GPU).
+        performance: :class:`~usod.callbacks.PerformanceOptions` arguments for both stages, e.g.
+            ``{"channels_last": true, "compile": true}``.
+        cache_images: Keep decoded, resized images in memory (see ``SODDataModule``).
         seed: Global seed.
         log_every_n_steps: Training steps between logged losses.
         logger: ``None`` or ``"csv"`` (CSV logs in ``OUT/logs`` only), ``"wandb"``, or a mapping
@@ -99,6 +103,9 @@ class PipelineConfig:
     seed: int = 0
     log_every_n_steps: int = 5
     logger: str | dict[str, Any] | None = None
+    precision: str = "32-true"
+    performance: dict[str, Any] = field(default_factory=dict)
+    cache_images: bool = False
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -139,6 +146,7 @@ def _datamodule(config: PipelineConfig, pseudo_dir: Path | None = None, stage: i
         augment=False,
         pseudo_dir=pseudo_dir,
         seed=config.seed,
+        cache_images=config.cache_images,
     )
 
 
@@ -146,12 +154,15 @@ def _trainer(config: PipelineConfig, max_epochs: int, name: str, callbacks: list
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
 
+    from usod.callbacks import PerformanceOptions
     from usod.loggers import stage_loggers
     from usod.progress import progress_enabled
 
+    callbacks = [*(callbacks or []), PerformanceOptions(**config.performance)]
     return pl.Trainer(
         accelerator=config.accelerator,
         devices=1,
+        precision=config.precision,
         max_epochs=max_epochs,
         logger=[CSVLogger(config.out / "logs", name=name), *stage_loggers(name)],
         enable_checkpointing=False,

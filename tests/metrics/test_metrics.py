@@ -204,6 +204,8 @@ def test_quantize_and_binarize() -> None:
     assert binarize_target(torch.tensor([128, 129], dtype=torch.uint8)).tolist() == [False, True]
     assert binarize_target(torch.tensor([128 / 255, 129 / 255])).tolist() == [False, True]
     assert binarize_target(torch.tensor([True, False])).tolist() == [True, False]
+    for dtype in (torch.bfloat16, torch.float16):  # mixed-precision network outputs
+        assert quantize_prediction(x.to(dtype)).tolist() == quantize_prediction(x.to(dtype).float()).tolist()
 
 
 @pytest.mark.parametrize(

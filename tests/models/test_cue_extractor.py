@@ -285,6 +285,22 @@ def test_feature_cache_gives_the_same_loss_as_no_cache():
     torch.testing.assert_close(half.compute_training_loss(batch), reference, atol=1e-3, rtol=1e-3)
 
 
+def test_feature_cache_on_the_device_gives_the_same_loss():
+    from usod.models.cue_extractor.lightning_model import FeatureCache
+
+    on_device = make_module(
+        feature_cache=True, feature_cache_dtype="float32", feature_cache_storage="device", drop_ratio=0.0
+    )
+    plain = make_module(drop_ratio=0.0)
+    plain.load_state_dict(on_device.state_dict())
+    batch = make_batch(2)
+    on_device.compute_training_loss(batch)
+    assert on_device.feature_cache.storage == "device"
+    torch.testing.assert_close(on_device.compute_training_loss(batch), plain.compute_training_loss(batch))
+    with pytest.raises(ValueError, match="storage"):
+        FeatureCache(storage="gpu")
+
+
 def test_feature_cache_detects_non_deterministic_transform():
     module = make_module(feature_cache=True)
     batch = make_batch(2)

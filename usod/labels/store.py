@@ -65,7 +65,10 @@ def to_uint8_label(label: np.ndarray | Any, *, name: str = "label") -> np.ndarra
         ValueError: On a bad shape, an unsupported dtype or float values outside [0, 1].
     """
     if hasattr(label, "detach"):  # torch.Tensor, without importing torch here
-        label = label.detach().cpu().numpy()
+        label = label.detach().cpu()
+        if label.is_floating_point():  # numpy has no bfloat16
+            label = label.float()
+        label = label.numpy()
     array = np.asarray(label)
     while array.ndim > 2 and array.shape[0] == 1:
         array = array[0]

@@ -156,6 +156,8 @@ def quantize_prediction(preds: Tensor, what: str = "predictions") -> Tensor:
         return preds.to(torch.uint8) * 255
     if preds.numel() == 0:
         return preds.to(torch.uint8)
+    if preds.dtype in (torch.float16, torch.bfloat16):  # mixed-precision outputs; numpy has no bfloat16
+        preds = preds.float()
     if _use_numpy(preds):
         arr = preds.detach().numpy()
         lo, hi = float(arr.min()), float(arr.max())

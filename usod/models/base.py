@@ -171,6 +171,15 @@ class USODModule(pl.LightningModule):
         if isinstance(hparams, dict) and "_class_path" not in hparams:
             hparams["_class_path"] = class_path
 
+    def compile_targets(self) -> list[torch.nn.Module]:
+        """The sub-modules :class:`~usod.callbacks.PerformanceOptions` compiles with ``torch.compile``.
+
+        The default is the plain network ``self.model``; modules that call parts of it through methods other
+        than ``forward`` (which ``nn.Module.compile`` does not reach) name those parts instead.
+        """
+        model = getattr(self, "model", None)
+        return [model] if isinstance(model, torch.nn.Module) else []
+
 
 def _without_weight_files(hparams: dict[str, Any]) -> dict[str, Any]:
     """Hyper-parameters with backbone weight files switched off: the checkpoint holds every weight already,

@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from usod.data.cache import CachedDataset
 from usod.data.datasets import get_dataset, get_dataset_class
 from usod.data.transforms import EvalTransform, GPUAugmentation, TrainTransform
 
@@ -52,8 +54,17 @@ class SODDataModule(pl.LightningDataModule):
         pseudo_dir: folder of pseudo labels (``<id>.png``) read as ``pseudo`` in training.
         image_size: model input size, an int or ``(height, width)``.
         batch_size: batch size for every stage.
-        num_workers: DataLoader workers.
-        pin_memory: pin host memory (only useful with a GPU).
+        num_workers: DataLoader workers (kept alive between epochs).
+        pin_memory: pin host memory, so that host-to-GPU copies run asynchronously; ``None`` (default) pins
+            when the trainer runs on a CUDA GPU.
+        prefetch_factor: batches each worker loads ahead (``None``: PyTorch's default, 2); raise it when a
+            fast GPU waits on irregular decode times.
+        cache_images: keep decoded, resized samples in memory (see :class:`~usod.data.cache.CachedDataset`):
+            the validation/test set always (filled as it is read, by each persistent worker for its
+            share), the training set when its transform is deterministic (``augment=False`` or
+            ``gpu_augment=True``; otherwise a warning says it is not cached), filled in :meth:`setup` with
+            ``num_workers`` processes. The cache holds what was read then: pseudo labels written later need
+            a new :meth:`setup`.
         augment: random resized crop, flip and colour jitter in training; ``False`` gives resize only
             (required by frozen-encoder feature caching).
         crop_scale: area range of the random resized crop.
@@ -86,7 +97,7 @@ class SODDataModule(pl.LightningDataModule):
         image_size: int | Sequence[int] = 256,
         batch_size: int = 8,
         num_workers: int = 2,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         augment: bool = True,
         crop_scale: Sequence[float] = (0.6, 1.0),
         with_flow: bool = False,
@@ -96,6 +107,8 @@ class SODDataModule(pl.LightningDataModule):
         flow_source: str = "auto",
         flow_cache: str | Path | None = None,
         flow_method: str = "dis",
+        prefetch_factor: int | None = None,
+        cache_images: bool = False,
     ) -> None:
         super().__init__()
         for name in (dataset, val_dataset or dataset):
@@ -107,6 +120,8 @@ class SODDataModule(pl.LightningDataModule):
                 )
             if with_flow and found != "video":
                 raise ValueError(f"with_flow=True needs a video dataset, but {name!r} is {found}")
+        if prefetch_factor is not None and prefetch_factor < 1:
+            raise ValueError(f"prefetch_factor must be >= 1, got {prefetch_factor}")
         if predict_on not in ("train", "val"):
             raise ValueError(f"predict_on must be 'train' or 'val', got {predict_on!r}")
         # Plain strings in the saved hyper-parameters keep checkpoints loadable with weights_only=True.
@@ -126,6 +141,8 @@ class SODDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor
+        self.cache_images = cache_images
         self.augment = augment
         self.crop_scale = tuple(crop_scale)
         self.with_flow = with_flow
@@ -180,11 +197,31 @@ class SODDataModule(pl.LightningDataModule):
             **self._extra_kwargs(),
         )
 
+    def train_transform_is_deterministic(self) -> bool:
+        """Whether the training samples are the same every epoch (the precondition of caching them)."""
+        return not self.augment or self.gpu_augment is not None
+
+    def _cached(self, dataset: Dataset, deterministic: bool = True, fill: bool = True) -> Dataset:
+        if not self.cache_images:
+            return dataset
+        if not deterministic:
+            rank_zero_warn(
+                "cache_images=True: the training set is not cached because its transform is random "
+                "(set augment=False, or gpu_augment=True to augment on the device instead)"
+            )
+            return dataset
+        cached = CachedDataset(dataset)
+        return cached.fill(self.num_workers) if fill else cached
+
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
-            self.train_set = self.build_train_set(self.pseudo_dir)
+            self.train_set = self._cached(
+                self.build_train_set(self.pseudo_dir), self.train_transform_is_deterministic()
+            )
         if stage in (None, "fit", "validate", "test"):
-            self.val_set = self.build_eval_set()
+            # filled lazily: an unshuffled loader sends each persistent worker the same batches every epoch,
+            # so each worker caches its share, and runs without validation decode nothing
+            self.val_set = self._cached(self.build_eval_set(), fill=False)
         if stage in (None, "predict"):
             if self.predict_on == "train":
                 self.predict_set = self.build_train_set(None, transform=EvalTransform(self.image_size))
@@ -221,19 +258,29 @@ class SODDataModule(pl.LightningDataModule):
             dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
         )
 
+    def use_pin_memory(self) -> bool:
+        """``pin_memory``, with ``None`` resolved: pin when the trainer runs on a CUDA GPU."""
+        if self.pin_memory is not None:
+            return bool(self.pin_memory)
+        trainer = self.trainer
+        root_device = getattr(getattr(trainer, "strategy", None), "root_device", None)
+        return root_device is not None and root_device.type == "cuda"
+
     def _loader(self, dataset: Dataset | None, shuffle: bool, evaluation: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError("setup() has not built this split yet")
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         sampler = self._evaluation_sampler(dataset) if evaluation else None
+        extra = {"prefetch_factor": self.prefetch_factor} if self.num_workers > 0 else {}
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.use_pin_memory(),
             persistent_workers=self.num_workers > 0,
+            **extra,
             worker_init_fn=seed_worker,
             generator=generator,
             drop_last=False,

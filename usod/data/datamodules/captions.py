@@ -60,13 +60,15 @@ class CaptionDataModule(SODDataModule):
         image_size: int | Sequence[int] = 256,
         batch_size: int = 8,
         num_workers: int = 2,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         augment: bool = True,
         crop_scale: Sequence[float] = (0.6, 1.0),
         with_flow: bool = False,
         skip_invalid: bool = False,
         gpu_augment: bool = False,
         seed: int = 0,
+        prefetch_factor: int | None = None,
+        cache_images: bool = False,
     ) -> None:
         # Plain strings: Lightning saves this frame's arguments too, and checkpoints must load with
         # weights_only=True.
@@ -90,6 +92,8 @@ class CaptionDataModule(SODDataModule):
             skip_invalid=skip_invalid,
             gpu_augment=gpu_augment,
             seed=seed,
+            prefetch_factor=prefetch_factor,
+            cache_images=cache_images,
         )
         self.captions_file = captions
         self.val_captions_file = val_captions
@@ -130,6 +134,10 @@ class CaptionDataModule(SODDataModule):
         return self._val_index
 
     # -- datasets -------------------------------------------------------------------------------------------
+    def train_transform_is_deterministic(self) -> bool:
+        """Never: each training image draws one of its captions at random (and is flipped with it)."""
+        return False
+
     def train_transform(self) -> Any:
         flip = 0.5 if self.augment else 0.0
         scale = (1.0, 1.0) if (not self.augment or self.gpu_augment is not None) else self.crop_scale

@@ -281,6 +281,10 @@ class AdapterTransfer(USODModule):
         self.base.eval()
         return self
 
+    def compile_targets(self) -> list[torch.nn.Module]:
+        """The base network, with the adapters in their hooks (traced as part of each encoder stage)."""
+        return self.base.compile_targets()
+
     def adapter_parameters(self) -> list[torch.nn.Parameter]:
         """The trained parameters (the adapters)."""
         return list(self.adapters.parameters())
@@ -333,7 +337,7 @@ class AdapterTransfer(USODModule):
         sal = self(images, aux)
         if self.hparams.predict_flip and allow_flip:
             sal = 0.5 * (sal + self(images.flip(-1), None if aux is None else aux.flip(-1)).flip(-1))
-        return sal
+        return sal.float()  # float32 under autocast too, for numpy, CRF and PNGs
 
     def _batch_saliency(self, batch: dict[str, Any]) -> Tensor:
         images = self._images(batch)

@@ -18,30 +18,44 @@ from usod.models.cue_extractor.torch_model import SIGN_RULES, CueExtractorModel,
 
 LOSSES: tuple[str, ...] = ("adb", "pcl_sd")
 TRAIN_FLIPS: tuple[str, ...] = ("both", "random", "none")
+CACHE_STORAGES: tuple[str, ...] = ("cpu", "device")
 _CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 class FeatureCache:
     """In-memory store of frozen-encoder features, keyed by sample id and flip.
 
-    Entries live on the CPU in ``dtype``. Each entry also keeps a 4x4 average-pooled thumbnail of the image
-    it was computed from; a later lookup with a different thumbnail raises, which catches training transforms
-    that are not deterministic (random crops, scales, flips or colour jitter), for which a cache would
-    silently reuse stale features.
+    Entries live in ``dtype`` on the CPU (``storage="cpu"``) or where they were computed
+    (``storage="device"``: on a GPU a cache hit then costs no host-to-device copy, which at ResNet-50 sizes
+    takes longer than the heads' whole step). Each entry also keeps a 4x4 average-pooled thumbnail of the
+    image it was computed from; a later lookup with a different thumbnail raises, which catches training
+    transforms that are not deterministic (random crops, scales, flips or colour jitter), for which a cache
+    would silently reuse stale features.
 
     Memory: the sum over the cached stages of ``C_i * H_i * W_i`` elements per image and flip. For
     tf_efficientnet_lite0 at 320x320 (stages of 40x40x40, 112x20x20, 320x10x10) that is 140,800 elements,
     0.28 MB in float16, so about 5.9 GB for the 10,553 DUTS-TR images with both flips; for ResNet-50
-    (512x40x40, 1024x20x20, 2048x10x10) it is 2.9 MB per image and flip. ``max_bytes`` caps it: once full,
-    new entries are computed every step and not stored.
+    (512x40x40, 1024x20x20, 2048x10x10) it is 2.9 MB per image and flip, 61 GB for DUTS-TR (on the device
+    only with a GPU that large, e.g. an H200). ``max_bytes`` caps it: once full, new entries are computed
+    every step and not stored.
 
     Args:
         dtype: Storage dtype.
         max_bytes: Optional cap on the stored feature bytes.
         atol: Tolerance of the thumbnail check.
+        storage: ``"cpu"`` or ``"device"`` (see above).
     """
 
-    def __init__(self, dtype: torch.dtype = torch.float16, max_bytes: int | None = None, atol: float = 1e-4):
+    def __init__(
+        self,
+        dtype: torch.dtype = torch.float16,
+        max_bytes: int | None = None,
+        atol: float = 1e-4,
+        storage: str = "cpu",
+    ):
+        if storage not in CACHE_STORAGES:
+            raise ValueError(f"unknown feature cache storage {storage!r}; expected one of {CACHE_STORAGES}")
+        self.storage = storage
         self.dtype = dtype
         self.max_bytes = max_bytes
         self.atol = atol
@@ -80,7 +94,7 @@ class FeatureCache:
 
     def put(self, key: tuple[str, bool], thumb: Tensor, feats: Sequence[Tensor]) -> list[Tensor]:
         """Store one sample's ``feats`` (no batch dim) if there is room; return what later lookups give."""
-        stored = [f.detach().to("cpu", self.dtype) for f in feats]
+        stored = [f.detach().to("cpu" if self.storage == "cpu" else f.device, self.dtype) for f in feats]
         size = sum(f.numel() * f.element_size() for f in stored)
         if self.max_bytes is not None and self.nbytes + size > self.max_bytes:
             return [f.detach() for f in feats]
@@ -129,6 +143,9 @@ class CueExtractor(USODModule):
             valid when the training transform is deterministic (resize only); see :class:`FeatureCache`.
         feature_cache_dtype: ``"float16"``, ``"bfloat16"`` or ``"float32"``.
         feature_cache_max_gb: Optional cap on the cache size in GB (1e9 bytes).
+        feature_cache_storage: ``"cpu"`` (host memory) or ``"device"`` (the memory of the device the encoder
+            runs on, e.g. the GPU: no host-to-device copy per step; needs the memory, see
+            :class:`FeatureCache`).
         aux_modality: ``"none"`` (RGB, default), ``"depth"``, ``"thermal"``, ``"flow"`` or ``"auto"``: a
             second stream for the auxiliary image through the same frozen encoder, fused by concatenation
             before each stage head (see :class:`CueExtractorModel`, ``aux_input``). No horizontal flips are
@@ -159,6 +176,7 @@ class CueExtractor(USODModule):
         feature_cache: bool = False,
         feature_cache_dtype: Literal["float16", "bfloat16", "float32"] = "float16",
         feature_cache_max_gb: float | None = None,
+        feature_cache_storage: Literal["cpu", "device"] = "cpu",
         aux_modality: Literal["none", "auto", "depth", "thermal", "flow"] = "none",
         encoder: nn.Module | None = None,
     ) -> None:
@@ -196,7 +214,9 @@ class CueExtractor(USODModule):
             self.loss_fn = PCLSDLoss(p0=pcl_p0, ramp=pcl_ramp, drop_ratio=drop_ratio)
         max_bytes = None if feature_cache_max_gb is None else int(feature_cache_max_gb * 1e9)
         self.feature_cache: FeatureCache | None = (
-            FeatureCache(_CACHE_DTYPES[feature_cache_dtype], max_bytes) if feature_cache else None
+            FeatureCache(_CACHE_DTYPES[feature_cache_dtype], max_bytes, storage=feature_cache_storage)
+            if feature_cache
+            else None
         )
         self.val_mae = MeanMetric()
         # a metric, not ``self.log(..., sync_dist=True)``: its sum and count states are reduced over DDP
@@ -209,6 +229,10 @@ class CueExtractor(USODModule):
     def forward(self, images: Tensor, aux: Tensor | None = None) -> CueExtractorOutput:
         """Run the network on Bx3xHxW images in [0, 1] (and the auxiliary image of a two-stream model)."""
         return self.model(images, aux)
+
+    def compile_targets(self) -> list[nn.Module]:
+        """The encoder and every head: training calls them one by one (the feature cache sits between)."""
+        return [self.model.encoder, *self.model.stage_heads, self.model.fusion_head]
 
     def training_progress(self) -> float:
         """Fraction of the epochs done (0 without a trainer or without a finite ``max_epochs``)."""
@@ -330,7 +354,7 @@ class CueExtractor(USODModule):
         if self.hparams.predict_flip and allow_flip:
             aux_flipped = None if aux is None else aux.flip(-1)
             sal = 0.5 * (sal + self.model(images.flip(-1), aux_flipped).saliency.flip(-1))
-        return sal
+        return sal.float()  # float32 under autocast too, for numpy, CRF and PNGs
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Return ``{"id", "size", "saliency"}`` for the pseudo-label writer (no CRF here)."""

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from usod.models.precision import float32_autocast_off
+
 
 def _as_list(thetas: Tensor | Sequence[Tensor]) -> list[Tensor]:
     maps = [thetas] if isinstance(thetas, Tensor) else list(thetas)
@@ -81,6 +83,7 @@ class ADBLoss(nn.Module):
         self.alpha = alpha
         self.drop_ratio = drop_ratio
 
+    @float32_autocast_off
     def forward(self, thetas: Tensor | Sequence[Tensor], generator: torch.Generator | None = None) -> Tensor:
         """Compute the loss.
 
@@ -159,6 +162,7 @@ class PCLSDLoss(nn.Module):
         """Return ``p`` for a fraction ``progress`` of training done."""
         return pcl_threshold(progress, self.p0, self.ramp)
 
+    @float32_autocast_off
     def forward(
         self,
         thetas: Tensor | Sequence[Tensor],

@@ -251,7 +251,7 @@ class DeepUSPSRefiner(USODModule):
         if mask is None:
             return
         images = self._images(batch)
-        sal = torch.sigmoid(self.model(images))
+        sal = torch.sigmoid(self.model(images).float())
         mask = mask.float()
         if mask.shape[-2:] != sal.shape[-2:]:
             mask = F.interpolate(mask, size=sal.shape[-2:], mode="bilinear")
@@ -273,7 +273,7 @@ class DeepUSPSRefiner(USODModule):
         return {
             "id": batch.get("id"),
             "size": batch.get("size"),
-            "saliency": torch.sigmoid(self.model(images)),
+            "saliency": torch.sigmoid(self.model(images).float()),
         }
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

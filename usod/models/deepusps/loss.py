@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from usod.models.precision import float32_autocast_off
+
 __all__ = ["FBetaLoss", "binarize_targets", "soft_f_beta"]
 
 
@@ -61,6 +63,7 @@ class FBetaLoss(nn.Module):
             raise ValueError(f"beta2 must be positive, got {beta2}")
         self.beta2 = float(beta2)
 
+    @float32_autocast_off
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         """Loss of Bx1xHxW probabilities against BxKxHxW binary targets."""
         return (1.0 - soft_f_beta(pred, target, self.beta2)).mean()

@@ -478,7 +478,7 @@ class SaliencyDetector(USODModule):
         if self.hparams.predict_flip and allow_flip:
             aux_flipped = None if aux is None else aux.flip(-1)
             sal = 0.5 * (sal + torch.sigmoid(self.model(images.flip(-1), aux_flipped)).flip(-1))
-        return sal
+        return sal.float()  # float32 under autocast too, for numpy, CRF and PNGs
 
     def _batch_saliency(self, batch: dict[str, Any]) -> Tensor:
         images = self._images(batch)

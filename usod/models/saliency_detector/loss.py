@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from usod.models.precision import float32_autocast_off
+
 __all__ = ["BCESSIMIoULoss", "IoUMultiScaleLoss", "gaussian_window", "iou_loss", "ssim_map"]
 
 
@@ -84,6 +86,7 @@ class BCESSIMIoULoss(nn.Module):
         self.binarize = binarize
         self.window_size = window_size
 
+    @float32_autocast_off
     def terms(self, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
         """The three terms ``bce``, ``ssim`` (``1 - mean SSIM``) and ``iou``."""
         _check(logits, target)
@@ -117,6 +120,7 @@ class IoUMultiScaleLoss(nn.Module):
         self.consistency_weight = consistency_weight
         self.binarize = binarize
 
+    @float32_autocast_off
     def terms(self, logits: Tensor, target: Tensor, logits_scaled: Tensor | None) -> dict[str, Tensor]:
         """``iou`` of the main view and, with a rescaled view, ``iou_scaled`` and ``consistency``."""
         _check(logits, target)

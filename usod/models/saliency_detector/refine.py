@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from usod.models.precision import float32_autocast_off
+
 __all__ = ["PixelAdaptiveRefiner"]
 
 # The 8 neighbours of a pixel, in (dy, dx) steps.
@@ -81,6 +83,7 @@ class PixelAdaptiveRefiner(nn.Module):
         pos = F.softmax(-((dist / dist.std(dim=2, keepdim=True) / self.w_col) ** 2), dim=2)
         return (col + self.w_pos * pos) / (1.0 + self.w_pos)
 
+    @float32_autocast_off
     def forward(self, images: Tensor, maps: Tensor) -> Tensor:
         """Refine ``maps`` (Bx1xhxw in [0, 1], resized to the images if needed) along ``images``.
 

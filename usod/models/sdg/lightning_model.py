@@ -338,6 +338,10 @@ class SDGCaptionGuided(USODModule):
             target = F.interpolate(target, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return target
 
+    def compile_targets(self) -> list[torch.nn.Module]:
+        """The two encoders: caption generation has data-dependent lengths, so the rest stays eager."""
+        return [self.model.sod.encoder, self.model.captioner.visual.encoder]
+
     def guidance(self, images: Tensor) -> Guidance:
         """Captions and word attention maps of ``images`` (no gradients: the captioner is fixed here)."""
         return self.model.captioner.describe(images)
@@ -348,8 +352,8 @@ class SDGCaptionGuided(USODModule):
         return self.model(images, self.guidance(images) if use else None)
 
     def predict_saliency(self, images: Tensor) -> Tensor:
-        """Bx1xHxW saliency in [0, 1]."""
-        return torch.sigmoid(self(images))
+        """Bx1xHxW float32 saliency in [0, 1] (also under autocast)."""
+        return torch.sigmoid(self(images).float())
 
     @torch.no_grad()
     def describe(self, images: Tensor) -> list[dict[str, Any]]:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from usod.models.precision import float32_autocast_off
+
 __all__ = ["StructureLoss", "structure_weights"]
 
 
@@ -45,6 +47,7 @@ class StructureLoss(nn.Module):
         self.kernel = kernel
         self.strength = strength
 
+    @float32_autocast_off
     def terms(self, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
         """``{"wbce": ..., "wiou": ...}`` batch means for Bx1xHxW logits and targets in [0, 1]."""
         if logits.shape != target.shape:
