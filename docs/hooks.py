@@ -43,24 +43,9 @@ OPTIONAL_MIRRORS: dict[str, tuple[str, str]] = {
     "examples/notebooks/README.md": ("examples/notebooks.md", "Notebooks"),
 }
 
-#: Paths that branches developed in parallel add (notebooks, launch scripts, logger and trainer configs).
-#: Until they are merged, a link to one of them that is missing renders as its path and the link test
-#: skips it; once they exist they are checked like every other path. Delete entries as they land.
-PENDING_PATHS: frozenset[str] = frozenset(
-    {
-        "configs/logger/wandb.yaml",
-        "configs/trainer/ddp_cpu.yaml",
-        "examples/cli/README.md",
-        "examples/cli/slurm_multinode.sh",
-        "examples/cli/torchrun.sh",
-        "examples/notebooks/a2s_two_stage.ipynb",
-        "examples/notebooks/adapter_transfer.ipynb",
-        "examples/notebooks/deepusps.ipynb",
-        "examples/notebooks/sdg_caption_guided.ipynb",
-        "examples/notebooks/evaluate_predictions.ipynb",
-        "benchmarks/throughput.py",
-    }
-)
+#: Paths that may be linked before they exist (work on a branch not merged yet): a missing one renders as its
+#: path and the link test skips it. Empty on main: every linked path must exist.
+PENDING_PATHS: frozenset[str] = frozenset()
 
 _LINK = re.compile(r"(?<!!)\[(?P<text>[^\]\n]+)\]\((?P<target>[^)\s]+)\)")
 

@@ -271,6 +271,7 @@ def test_script_commands_parse(monkeypatch: pytest.MonkeyPatch) -> None:
         spec = importlib.util.spec_from_file_location(f"_doc_script_{Path(script).stem}", REPO / script)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
         spec.loader.exec_module(module)
         monkeypatch.setattr(sys, "argv", [script, *args])
         err = io.StringIO()

@@ -155,3 +155,21 @@ def test_shipped_pipeline_configs_load(path: Path) -> None:
     config = load_config(path)
     assert config.stage1_epochs > 0 and config.stage2_epochs > 0
     assert config.stage1["backbone"]["weights"] == "bundled"
+
+
+def test_report_plots_leave_the_matplotlib_backend_alone(tmp_path) -> None:
+    """A notebook's inline backend must survive run_pipeline's report (it used to be switched to Agg)."""
+    import matplotlib
+    import numpy as np
+
+    from usod.pipeline import _plot_curves
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        curves = {"precision": np.linspace(1, 0, 256), "recall": np.linspace(0, 1, 256), "f": np.zeros(256)}
+        _plot_curves({"a": {"curves": curves}}, tmp_path / "curves.png")
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "curves.png").stat().st_size > 0
+    finally:
+        matplotlib.use(before)

@@ -546,12 +546,13 @@ def evaluate_stages(config: PipelineConfig) -> dict[str, dict[str, Any]]:
 
 
 def _plot_curves(results: dict[str, dict[str, Any]], path: Path) -> None:
-    import matplotlib
+    # Figure + Agg canvas, no pyplot: switching the backend would stop a notebook from showing figures
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_pr, ax_f) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    ax_pr, ax_f = fig.subplots(1, 2)
     for name, result in results.items():
         curves = result["curves"]
         ax_pr.plot(curves["recall"], curves["precision"], label=name)
@@ -565,7 +566,6 @@ def _plot_curves(results: dict[str, dict[str, Any]], path: Path) -> None:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _grid(config: PipelineConfig, rounds: list[str], path: Path, n: int = 6) -> None:
