@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-dataset", default="davis", help="registry name of the held-out layout")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--image-size", type=int, default=320)
-    parser.add_argument("--stage1-epochs", type=int, default=2)
+    parser.add_argument("--stage1-epochs", type=int, default=4)
     parser.add_argument("--stage2-epochs", type=int, default=3)
     parser.add_argument("--stage2-image-size", type=int, default=160)
     parser.add_argument("--stage2-lr", type=float, default=0.005)

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="folder", help="registry name of the dataset layout")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--image-size", type=int, default=320)
-    parser.add_argument("--epochs", type=int, default=2, help="the ADB loss saturates within the first")
+    parser.add_argument("--epochs", type=int, default=4, help="stage-1 epochs (the first fills the cache)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--loss", choices=("adb", "pcl_sd"), default="adb")
