@@ -160,3 +160,18 @@ def test_checkpoint_of_a_module_built_in_python_validates_through_the_cli(tmp_pa
     ckpt = tmp_path / "python.ckpt"
     trainer.save_checkpoint(ckpt, weights_only=True)
     main(["validate", "--config", str(config), "--ckpt_path", str(ckpt)])
+
+
+def test_demo_runs_both_stages_and_writes_the_report(tmp_path) -> None:
+    """The README's main job, at tiny settings: both checkpoints, the label store and the report."""
+    import json
+
+    out = tmp_path / "demo"
+    args = ["--n", "12", "--epochs", "1", "--stage2-epochs", "1", "--image-size", "48", "--workers", "0"]
+    assert main(["demo", "--out", str(out), *args]) == 0
+    files = ("stage1.ckpt", "stage2.ckpt", "report/grid.png", "report/pr_curves.png", "labels/manifest.json")
+    for name in files:
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "report" / "metrics.json").read_text())["metrics"]
+    assert {"stage1-raw", "stage1", "stage2-pred"} <= set(metrics)
+    assert all(0.0 <= m["mae"] <= 1.0 for m in metrics.values())
