@@ -24,24 +24,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from usod.metrics import SODMetrics
+from usod.metrics import SOD_KEYS, SODMetrics
 
 __all__ = ["LABEL_QUALITY_KEYS", "PseudoLabelQuality", "score_labels", "training_masks"]
 
 log = logging.getLogger(__name__)
 
 #: Scores logged per label round (as ``label_<key>``).
-LABEL_QUALITY_KEYS: tuple[str, ...] = (
-    "mae",
-    "max_f",
-    "mean_f",
-    "adp_f",
-    "max_e",
-    "mean_e",
-    "adp_e",
-    "s_measure",
-    "w_f",
-)
+LABEL_QUALITY_KEYS: tuple[str, ...] = SOD_KEYS
 
 
 def _dist_world() -> tuple[int, int]:

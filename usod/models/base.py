@@ -12,23 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from usod.data.io import InvalidInputError
-from usod.metrics import SODMetrics
+from usod.metrics import SOD_KEYS, SODMetrics
 
 #: Checkpoint key holding the import path of the module class that wrote it.
 CLASS_KEY = "usod_class"
 
 #: SOD metrics logged as ``<stage>_<key>`` by :meth:`USODModule.log_sod_scores` (``w_f`` when computed).
-SOD_LOG_KEYS: tuple[str, ...] = (
-    "mae",
-    "max_f",
-    "mean_f",
-    "adp_f",
-    "max_e",
-    "mean_e",
-    "adp_e",
-    "s_measure",
-    "w_f",
-)
+SOD_LOG_KEYS: tuple[str, ...] = SOD_KEYS
 
 
 class USODModule(pl.LightningModule):
