@@ -43,10 +43,6 @@ OPTIONAL_MIRRORS: dict[str, tuple[str, str]] = {
     "examples/notebooks/README.md": ("examples/notebooks.md", "Notebooks"),
 }
 
-#: Paths that may be linked before they exist (work on a branch not merged yet): a missing one renders as its
-#: path and the link test skips it. Empty on main: every linked path must exist.
-PENDING_PATHS: frozenset[str] = frozenset()
-
 _LINK = re.compile(r"(?<!!)\[(?P<text>[^\]\n]+)\]\((?P<target>[^)\s]+)\)")
 
 
@@ -83,7 +79,7 @@ def rewrite_links(text: str, source: str, page: str, mirrors: dict[str, str]) ->
         if resolved.startswith("docs/") and (REPO / resolved).is_file():
             new = posixpath.relpath(resolved[len("docs/") :], posixpath.dirname(page) or ".")
             return f"[{text}]({new}{'#' + anchor if anchor else ''})"
-        if (REPO / resolved).exists() or resolved in PENDING_PATHS:
+        if (REPO / resolved).exists():
             shown = resolved + ("/" if (REPO / resolved).is_dir() else "")
             if text.strip("`") in (shown.rstrip("/"), posixpath.basename(resolved)):
                 return f"`{shown}`"

@@ -35,7 +35,6 @@ def _hooks() -> ModuleType:
 
 
 HOOKS = _hooks()
-PENDING: frozenset[str] = HOOKS.PENDING_PATHS
 
 
 def _doc_files() -> list[Path]:
@@ -69,7 +68,7 @@ def _prose(text: str) -> str:
 
 def _exists(path: str) -> bool:
     path = path.rstrip("/")
-    return (REPO / path).exists() or any(p == path or p.startswith(path + "/") for p in PENDING)
+    return (REPO / path).exists()
 
 
 # -- paths and links ---------------------------------------------------------------------------------
@@ -222,10 +221,6 @@ def _error_lines(stderr: str) -> str:
     return " | ".join(keep or lines[-1:])
 
 
-def _uses_pending(args: list[str]) -> bool:
-    return any(a in PENDING and not (REPO / a).exists() for a in args)
-
-
 @pytest.mark.slow
 def test_usod_commands_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every ``usod`` command of the docs parses: its subcommand exists, its options exist and take the given
@@ -235,8 +230,6 @@ def test_usod_commands_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", ["usod"])  # LightningCLI warns when both argv and args are given
     failures = []
     for doc, args in USOD_COMMANDS:
-        if _uses_pending(args):
-            continue
         shown = f"{doc.relative_to(REPO)}: usod {' '.join(args)}"
         err = io.StringIO()
         try:
@@ -265,8 +258,7 @@ def test_script_commands_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     for doc, (script, args) in SCRIPT_COMMANDS:
         shown = f"{doc.relative_to(REPO)}: python {script} {' '.join(args)}"
         if not (REPO / script).is_file():
-            if script not in PENDING:
-                failures.append(f"{shown}\n    no such script")
+            failures.append(f"{shown}\n    no such script")
             continue
         spec = importlib.util.spec_from_file_location(f"_doc_script_{Path(script).stem}", REPO / script)
         assert spec is not None and spec.loader is not None

@@ -33,8 +33,6 @@ def test_readme_mentions_every_cli_command() -> None:
 
 
 def test_readme_config_paths_exist() -> None:
-    from tests.test_docs import PENDING  # configs that branches developed in parallel add
-
     text = (REPO / "README.md").read_text()
     for path in re.findall(r"configs/[\w/.-]+\.yaml", text):
-        assert (REPO / path).is_file() or path in PENDING, path
+        assert (REPO / path).is_file(), path
