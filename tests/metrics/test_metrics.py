@@ -47,9 +47,14 @@ def _assert_matches(pairs: list[tuple[np.ndarray, np.ndarray]], tol: float = TOL
         np.testing.assert_allclose(curve.numpy(), ref_curves[key], rtol=0, atol=tol, err_msg=key)
 
 
-@pytest.mark.parametrize("kind", ["random", "blur", "noisy", "narrow", "binary"])
+KINDS = ("random", "blur", "noisy", "narrow", "binary")
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_matches_pysodmetrics_per_kind(kind: str) -> None:
-    rng = np.random.default_rng(abs(hash(kind)) % 2**32)
+    # A fixed seed per kind: str hashes are salted per process (PYTHONHASHSEED), and some draws put a
+    # GT centroid in the last row, the documented deviation tested below, where pysodmetrics gives NaN.
+    rng = np.random.default_rng(KINDS.index(kind))
     pairs = []
     for _ in range(6):
         h, w = (int(v) for v in rng.integers(8, 70, 2))
@@ -64,7 +69,7 @@ def test_matches_pysodmetrics_per_image() -> None:
     for i in range(25):
         h, w = (int(v) for v in rng.integers(4, 50, 2))
         gt = blob_mask(rng, h, w)
-        kind = ("random", "blur", "noisy", "narrow", "binary")[i % 5]
+        kind = KINDS[i % 5]
         _assert_matches([(make_prediction(rng, gt, kind), gt)])
 
 
