@@ -14,25 +14,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from usod.distributed import is_rank_zero
+
 __all__ = ["ENV_VAR", "progress_bar", "progress_enabled"]
 
 #: Environment variable that switches progress bars off (``0``) or forces them on (``1``).
 ENV_VAR = "USOD_PROGRESS"
-
-
-def _rank() -> int:
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        value = os.environ.get(key)
-        if value and value.isdigit():
-            return int(value)
-    return 0
 
 
 def progress_enabled(enabled: bool | None = None) -> bool:
@@ -42,7 +29,7 @@ def progress_enabled(enabled: bool | None = None) -> bool:
         enabled: ``False`` hides the bar; ``True`` or ``None`` show it on a terminal (``USOD_PROGRESS=1``:
             also elsewhere).
     """
-    if enabled is False or _rank() != 0:
+    if enabled is False or not is_rank_zero():
         return False
     env = os.environ.get(ENV_VAR, "").strip().lower()
     if env in ("0", "false", "no", "off"):

@@ -24,6 +24,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from usod.distributed import rank_world
 from usod.metrics import SOD_KEYS, SODMetrics
 
 __all__ = ["LABEL_QUALITY_KEYS", "PseudoLabelQuality", "score_labels", "training_masks"]
@@ -32,12 +33,6 @@ log = logging.getLogger(__name__)
 
 #: Scores logged per label round (as ``label_<key>``).
 LABEL_QUALITY_KEYS: tuple[str, ...] = SOD_KEYS
-
-
-def _dist_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def score_labels(
@@ -157,15 +152,17 @@ class PseudoLabelQuality(pl.Callback):
 
         labels = module.export_labels(original_size=True)
         ids = sorted(set(labels) & set(self.masks))
-        rank, world = _dist_world()
+        rank, world = rank_world()
         metric = SODMetrics(weighted_f=self.weighted_f).to(module.device)
         score_labels(labels, self.masks, ids=ids[rank::world], metric=metric)
         scores = {k: float(v) for k, v in metric.compute().items() if k != "n"}
         curves = metric.curves()
+        # the metric states were synchronised in compute(): every rank holds the same scores, and "max" of
+        # equal values logs them unchanged (without Lightning's unsynchronised-logging warning under DDP)
         for key in LABEL_QUALITY_KEYS:
             if key in scores:
-                module.log(f"label_{key}", scores[key])
-        module.log("label_epoch", float(epoch))
+                module.log(f"label_{key}", scores[key], sync_dist=True, reduce_fx="max")
+        module.log("label_epoch", float(epoch), sync_dist=True, reduce_fx="max")
         log_curves(module.trainer, "label_pr_curve", curves)
         entry = {"epoch": float(epoch), **scores}
         self.history.append(entry)

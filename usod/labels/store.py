@@ -13,9 +13,10 @@ That is what makes a labelling round resumable: :meth:`PseudoLabelStore.finished
 
 Under DDP every rank writes its own, disjoint, sample ids; the files are the only shared state. Only rank 0
 writes the manifest. The rank is taken from the ``rank`` argument, else from ``torch.distributed`` when it is
-initialised, else from the ``RANK`` environment variable, else 0. :meth:`PseudoLabelStore.begin_round` and
-:meth:`PseudoLabelStore.complete_round` call ``torch.distributed.barrier()`` when a process group with more
-than one rank is initialised, so under DDP every rank must call them.
+initialised, else from the launcher's environment (see :mod:`usod.distributed`).
+:meth:`PseudoLabelStore.begin_round` and :meth:`PseudoLabelStore.complete_round` call
+``torch.distributed.barrier()`` when a process group with more than one rank is initialised, so under DDP
+every rank must call them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ import numpy as np
 
 from usod.data.io import TMP_PREFIX, atomic_write_bytes
 from usod.data.io import write_png_atomic as _write_png_atomic
+from usod.distributed import barrier, is_rank_zero, rank_world
 
+_RANK_VARS = ("RANK", "SLURM_PROCID", "LOCAL_RANK")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 _ROUND_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -128,24 +131,6 @@ def _validate_round_name(name: str) -> str:
     return name
 
 
-def _dist_rank_world() -> tuple[int, int] | None:
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        return None
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return None
-
-
-def _barrier() -> None:
-    info = _dist_rank_world()
-    if info is not None and info[1] > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 class PseudoLabelStore:
     """Pseudo labels on disk, organised in rounds (see the module docstring for the layout).
 
@@ -181,10 +166,18 @@ class PseudoLabelStore:
         """Global rank of this process (resolved lazily, so a store built before DDP starts is fine)."""
         if self._rank is not None:
             return self._rank
-        info = _dist_rank_world()
-        if info is not None:
-            return info[0]
-        return int(os.environ.get("RANK", "0"))
+        if is_rank_zero():
+            return 0
+        rank, world = rank_world()
+        if world > 1:
+            return rank
+        return next((int(os.environ[k]) for k in _RANK_VARS if os.environ.get(k, "").isdigit()), 1)
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this process writes the manifest: global rank 0 (also before the process group exists,
+        see :func:`usod.distributed.is_rank_zero`)."""
+        return self._rank == 0 if self._rank is not None else is_rank_zero()
 
     def _round_path(self, name: str) -> Path:
         return self.root / "rounds" / _validate_round_name(name)
@@ -231,7 +224,7 @@ class PseudoLabelStore:
         return manifest
 
     def _save_manifest(self, manifest: dict[str, Any]) -> None:
-        if self.rank != 0:
+        if not self.is_writer:
             return
         data = json.dumps(manifest, indent=2, sort_keys=False).encode("utf-8") + b"\n"
         atomic_write_bytes(self.manifest_path, data)
@@ -305,7 +298,7 @@ class PseudoLabelStore:
                 "start it again (the old labels are moved to retired/), or choose a new round name"
             )
         path = self._round_path(name)
-        if self.rank == 0:
+        if self.is_writer:
             if entry is not None and entry.get("complete"):
                 self._retire(manifest, name, "overwrite")
                 entry = None
@@ -329,7 +322,7 @@ class PseudoLabelStore:
                 entry["meta"] = dict(meta)
             self._save_manifest(manifest)
         # Other ranks wait for rank 0 to retire old files before writing into the directory.
-        _barrier()
+        barrier()
         path.mkdir(parents=True, exist_ok=True)
         self._known_complete.discard(name)
         return path
@@ -391,7 +384,7 @@ class PseudoLabelStore:
             FileNotFoundError: Some expected labels are missing (the first few are named).
             ManifestError: The manifest is corrupt.
         """
-        _barrier()
+        barrier()
         base = self._round_path(round_name)
         if not base.is_dir():
             raise FileNotFoundError(f"pseudo-label round {round_name!r} was never begun in {self.root}")
@@ -407,7 +400,7 @@ class PseudoLabelStore:
                 )
         elif not done:
             raise FileNotFoundError(f"pseudo-label round {round_name!r} has no labels in {base}")
-        if self.rank == 0:
+        if self.is_writer:
             manifest = self._load_manifest()
             entry = self._entry(manifest, round_name)
             if entry is None:  # directory made outside begin_round (e.g. by hand): register it
@@ -416,7 +409,7 @@ class PseudoLabelStore:
             entry.update(num_labels=len(done), complete=True, completed=_now())
             manifest["current"] = round_name
             self._save_manifest(manifest)
-        _barrier()
+        barrier()
         self._known_complete.add(round_name)
 
     def set_current(self, round_name: str) -> None:

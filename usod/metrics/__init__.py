@@ -11,7 +11,15 @@ from usod.metrics.sod import MAE, EMeasure, FMeasure, SMeasure, SODMetrics, Weig
 
 #: The SOD scores, in the order tables show them (logged as ``val_<key>``, ``test_<key>``, ``label_<key>``).
 SOD_KEYS: tuple[str, ...] = (
-    "mae", "max_f", "mean_f", "adp_f", "max_e", "mean_e", "adp_e", "s_measure", "w_f"
+    "mae",
+    "max_f",
+    "mean_f",
+    "adp_f",
+    "max_e",
+    "mean_e",
+    "adp_e",
+    "s_measure",
+    "w_f",
 )
 
 #: Keys of ``SODMetrics().compute()`` and of the per-method dicts written by ``usod evaluate``.

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from usod.distributed import rank_world
 from usod.metrics import SODMetrics
 from usod.models.base import USODModule
 from usod.models.deepusps.loss import FBetaLoss, binarize_targets
@@ -54,12 +55,6 @@ DEFAULT_MVA_CRF: dict[str, Any] = {
     "compat_bilateral": 10.0,
     "unary_confidence": None,
 }
-
-
-def _dist_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class DeepUSPSRefiner(USODModule):
@@ -324,7 +319,7 @@ class MVARoundWriter(pl.Callback):
         labels = pl_module.export_mva(original_size=True)
         if not labels:
             return
-        rank, world = _dist_world()
+        rank, world = rank_world()
         ids = sorted(labels)
         meta = {"producer": "DeepUSPSRefiner", "mva_alpha": pl_module.hparams.mva_alpha, **self.meta}
         self.store.begin_round(self.round_name, meta=meta, overwrite=True)

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from usod.distributed import rank_world
 from usod.metrics import SODMetrics
 from usod.models.aux_input import batch_aux, check_aux_modality, flip_allowed
 from usod.models.base import USODModule
@@ -57,13 +58,6 @@ SPR_INPUTS: tuple[str, ...] = ("label", "prediction")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 
 LabelListener = Callable[["SaliencyDetector", int, list[str]], None]
-
-
-def _dist_world() -> tuple[int, int]:
-    """(rank, world size) of an initialised process group, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def _to_uint8(values: Tensor) -> np.ndarray:
@@ -167,7 +161,7 @@ class LabelBank:
             (sid, self.labels[sid], self.sizes.get(sid), False) for sid in self._fresh - set(self._staged)
         ]
         self._staged, self._fresh = {}, set()
-        _, world = _dist_world()
+        _, world = rank_world()
         if world > 1:
             gathered: list[Any] = [None] * world
             torch.distributed.all_gather_object(gathered, items)
@@ -570,7 +564,7 @@ class LabelRoundWriter(pl.Callback):
         if not updated_ids:
             return
         name = self.round_template.format(epoch=epoch)
-        rank, world = _dist_world()
+        rank, world = rank_world()
         labels = module.export_labels(original_size=True)
         ids = sorted(labels)
         meta = {
