@@ -128,6 +128,36 @@ def test_held_out_scores_equal_usod_evaluate_on_predicted_maps(data, tmp_path, c
         assert ours[key] == pytest.approx(theirs[key], abs=1e-9), key
 
 
+def test_a_resumed_pipeline_trains_stage_2_as_an_uninterrupted_one(data, tmp_path) -> None:
+    """Each stage starts from its own seed: stopping after stage 1 and resuming gives the same stage 2."""
+    import torch
+
+    from usod.pipeline import PipelineConfig, run_pipeline, train_stage2
+
+    train, _ = data
+    base = {
+        "root": train,
+        "image_size": 32,
+        "batch_size": 4,
+        "num_workers": 0,
+        "postprocess_workers": 0,
+        "stage1_epochs": 1,
+        "stage1": {"backbone": TINY},
+        "stage2": {"label_update": "none"},
+        "accelerator": "cpu",
+    }
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    run_pipeline(PipelineConfig(out=whole, stage2_epochs=1, **base))
+    run_pipeline(PipelineConfig(out=resumed, stage2_epochs=0, **base))  # stops after the stage-1 labels
+    torch.manual_seed(12345)  # a new process resuming here starts with other random states
+    train_stage2(PipelineConfig(out=resumed, stage2_epochs=1, **base))
+    want = torch.load(whole / "stage2.ckpt", weights_only=True)["state_dict"]
+    got = torch.load(resumed / "stage2.ckpt", weights_only=True)["state_dict"]
+    assert want.keys() == got.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+
+
 def test_config_errors_name_the_file(data, tmp_path, capsys) -> None:
     train, heldout = data
     bad = _config(tmp_path / "bad.yaml", train, heldout, tmp_path / "out", stage3_epochs=1)

@@ -19,6 +19,14 @@ wandb run as well (named ``a2s_pipeline-<dataset>``, grouped by dataset): the st
 ``stage1-train_loss``, ``stage2-train_loss``, the quality of every stage-2 label round
 (``stage2-label_max_f``, ...) and, from the report, every round's and held-out set's scores, PR curves and
 the sample grid.
+
+Several GPUs and nodes: set ``devices`` / ``num_nodes`` (``strategy`` defaults to Lightning's choice, DDP)
+and start the command as usual on one machine (Lightning starts a process per extra device), or once per
+device with ``torchrun`` or ``srun`` (see ``examples/cli/``). Every training and prediction step then runs on
+all ranks: the label stores are written once per sample and the stage-2 label updates equal a 1-process
+run; the denseCRF post-processing is shared out over the ranks; checkpoints, manifests and the report are
+written by rank 0 (``OUT`` must be on a file system every node sees). The report (scoring, held-out
+evaluation, plots) runs on rank 0 alone.
 """
 
 from __future__ import annotations
@@ -71,11 +79,16 @@ class PipelineConfig:
             dataset name): every trained stage's predictions are scored on them in the report (the images
             are never used for training).
         accelerator: Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``).
+        devices: Devices per node for every training and prediction step (Lightning's ``devices``: a
+            number, ``"auto"`` or a list of GPU indices).
+        num_nodes: Nodes of a multi-node job.
+        strategy: Lightning strategy (``"auto"``: DDP when there is more than one device).
         precision: Lightning precision of both stages (``"32-true"``; ``"bf16-mixed"`` on a GPU).
         performance: :class:`~usod.callbacks.PerformanceOptions` arguments for both stages, e.g.
             ``{"channels_last": true, "compile": true}``.
         cache_images: Keep decoded, resized images in memory (see ``SODDataModule``).
-        seed: Global seed.
+        seed: Global seed; stage 1 starts from ``seed`` and stage 2 from ``seed + 1``, whatever ran before
+            in the process (a resumed pipeline trains each stage as an uninterrupted one).
         log_every_n_steps: Training steps between logged losses.
         logger: ``None`` or ``"csv"`` (CSV logs in ``OUT/logs`` only), ``"wandb"``, or a mapping
             ``{"type": "wandb", "project", "name", "group", "tags", "entity", "save_dir", "offline",
@@ -100,6 +113,9 @@ class PipelineConfig:
     postprocess: PostProcessConfig = field(default_factory=PostProcessConfig)
     eval: list[dict[str, Any]] = field(default_factory=list)
     accelerator: str = "auto"
+    devices: int | str | list[int] = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
     seed: int = 0
     log_every_n_steps: int = 5
     logger: str | dict[str, Any] | None = None
@@ -161,7 +177,9 @@ def _trainer(config: PipelineConfig, max_epochs: int, name: str, callbacks: list
     callbacks = [*(callbacks or []), PerformanceOptions(**config.performance)]
     return pl.Trainer(
         accelerator=config.accelerator,
-        devices=1,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
         precision=config.precision,
         max_epochs=max_epochs,
         logger=[CSVLogger(config.out / "logs", name=name), *stage_loggers(name)],
@@ -176,10 +194,15 @@ def _trainer(config: PipelineConfig, max_epochs: int, name: str, callbacks: list
 
 
 def _save_checkpoint(trainer: Any, path: Path) -> None:
+    """Save weights and hyper-parameters atomically (rank 0 writes; every rank returns once it exists)."""
+    from usod.distributed import barrier
+
     tmp = path.with_name(f".{path.name}.tmp")
     # Weights and hyper-parameters only: the step is finished, so there is no optimizer state to resume.
-    trainer.save_checkpoint(tmp, weights_only=True)
-    os.replace(tmp, path)  # a crash never leaves a truncated checkpoint under the final name
+    trainer.save_checkpoint(tmp, weights_only=True)  # rank 0 writes, then the ranks synchronise
+    if trainer.is_global_zero:
+        os.replace(tmp, path)  # a crash never leaves a truncated checkpoint under the final name
+    barrier()
 
 
 def train_stage1(config: PipelineConfig) -> Path:
@@ -190,6 +213,10 @@ def train_stage1(config: PipelineConfig) -> Path:
     if ckpt.is_file():
         log.info("stage 1: %s exists, skipping training", ckpt)
         return ckpt
+    import pytorch_lightning as pl
+
+    # each training step starts from its own seed, so a resumed pipeline trains it as an uninterrupted one
+    pl.seed_everything(config.seed, workers=True, verbose=False)
     kwargs = {"feature_cache": True, **config.stage1}
     model = CueExtractor(**kwargs)
     trainer = _trainer(config, config.stage1_epochs, "stage1")
@@ -207,7 +234,8 @@ class LabelRoundResult:
         raw_round: Round holding the raw network maps (equal to ``round`` without post-processing).
         round: The final round, now the store's current round.
         predicted: Samples the network predicted in this call (0 when the raw round was already complete).
-        postprocessed: Labels post-processed in this call (finished ones are skipped).
+        postprocessed: Labels post-processed in this call by this process (finished ones are skipped;
+            under DDP each rank counts its share).
     """
 
     store_root: Path
@@ -255,6 +283,9 @@ def write_label_round(
     num_workers: int = 2,
     postprocess_workers: int = 2,
     accelerator: str = "auto",
+    devices: int | str | list[int] = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
     overwrite: bool = False,
     progress: bool = True,
 ) -> LabelRoundResult:
@@ -274,6 +305,10 @@ def write_label_round(
     another checkpoint or other post-processing settings are refused unless ``overwrite`` is set, in which
     case both rounds start over (old files retired, not deleted).
 
+    Under DDP (``devices``/``num_nodes`` above one, or started by ``torchrun``/``srun``) every rank must
+    call this with the same arguments: the prediction is split over the ranks (each sample written once),
+    so is the post-processing, and rank 0 writes the manifest.
+
     Args:
         dataset: The samples to label, with the network's input transform (e.g. a datamodule's
             ``predict_set``): a :class:`~usod.data.datasets.SODDataset`, whose ``files`` give the images
@@ -287,6 +322,9 @@ def write_label_round(
         num_workers: DataLoader workers.
         postprocess_workers: CRF processes (0: in this process).
         accelerator: Lightning accelerator of the prediction.
+        devices: Lightning ``devices`` of the prediction.
+        num_nodes: Lightning ``num_nodes`` of the prediction.
+        strategy: Lightning ``strategy`` of the prediction.
         overwrite: Start both rounds over even when they exist.
         progress: Show progress bars (on rank zero, on a terminal; see :mod:`usod.progress`).
 
@@ -300,6 +338,7 @@ def write_label_round(
     """
     import pytorch_lightning as pl
 
+    from usod.distributed import barrier, rank_world
     from usod.labels import PseudoLabelStore, PseudoLabelWriter, dataset_ids
     from usod.labels.writer import IdSubset
     from usod.models.base import load_module
@@ -338,7 +377,9 @@ def write_label_round(
         writer = PseudoLabelWriter(store, raw_round, meta=raw_meta, overwrite=restart, expected_ids=ids)
         trainer = pl.Trainer(
             accelerator=accelerator,
-            devices=1,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
             logger=False,
             callbacks=[writer],
             enable_model_summary=False,
@@ -353,6 +394,7 @@ def write_label_round(
         return LabelRoundResult(store.root, raw_round, round_name, predicted, 0)
 
     complete, missing = _round_state(store, round_name, ids)
+    barrier()  # every rank has read the round's state before rank 0 changes the manifest
     if overwrite or not complete:
         store.begin_round(round_name, post_meta, overwrite=overwrite)
         if overwrite:
@@ -366,14 +408,24 @@ def write_label_round(
         for f in files
         if f.id in todo_ids
     ]
+    rank, world = rank_world()
     written = postprocess_files(
-        tasks, postprocess, workers=postprocess_workers, progress=progress, skip_existing=True
+        tasks[rank::world], postprocess, workers=postprocess_workers, progress=progress, skip_existing=True
     )
-    if written or not complete:
+    if todo_ids or not complete:  # the same decision on every rank: complete_round synchronises them
         store.complete_round(round_name, ids)
     else:
         store.set_current(round_name)
     return LabelRoundResult(store.root, raw_round, round_name, predicted, len(written))
+
+
+def _predict_settings(config: PipelineConfig) -> dict[str, Any]:
+    return {
+        "accelerator": config.accelerator,
+        "devices": config.devices,
+        "num_nodes": config.num_nodes,
+        "strategy": config.strategy,
+    }
 
 
 def write_stage1_labels(config: PipelineConfig, ckpt: Path) -> Path:
@@ -390,7 +442,7 @@ def write_stage1_labels(config: PipelineConfig, ckpt: Path) -> Path:
         batch_size=config.batch_size,
         num_workers=config.num_workers,
         postprocess_workers=config.postprocess_workers,
-        accelerator=config.accelerator,
+        **_predict_settings(config),
     )
     return result.store_root
 
@@ -409,6 +461,11 @@ def train_stage2(config: PipelineConfig) -> Path:
     if ckpt.is_file():
         log.info("stage 2: %s exists, skipping training", ckpt)
         return ckpt
+    import pytorch_lightning as pl
+
+    # its own seed: the initialisation and data order do not depend on how stage 1 ran (or whether it ran
+    # in this process at all, when the pipeline resumes), nor on the number of ranks
+    pl.seed_everything(config.seed + 1, workers=True, verbose=False)
     store = PseudoLabelStore(config.out / "labels")
     model = SaliencyDetector(**{"backbone": config.stage1.get("backbone"), **config.stage2})
     callbacks = [LabelRoundWriter(store), PseudoLabelQuality()]
@@ -430,7 +487,7 @@ def write_stage2_predictions(config: PipelineConfig, ckpt: Path) -> Path:
         None,
         batch_size=config.batch_size,
         num_workers=config.num_workers,
-        accelerator=config.accelerator,
+        **_predict_settings(config),
     )
     return result.store_root
 
@@ -451,7 +508,7 @@ def score_round(config: PipelineConfig, round_name: str) -> dict[str, Any] | Non
     from usod.progress import progress_bar
 
     store = PseudoLabelStore(config.out / "labels")
-    metric = SODMetrics()
+    metric = SODMetrics(sync_on_compute=False)  # one process scores (rank 0 in a DDP job)
     indices = progress_bar(range(len(dataset.files)), desc=f"score {round_name}", unit="img")
     for index in indices:
         files = dataset.files[index]
@@ -505,7 +562,7 @@ def evaluate_checkpoint(
     dataset.transform = EvalTransform(size)
     masks = {f.id: f.mask for f in dataset.files}
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    metric = SODMetrics()
+    metric = SODMetrics(sync_on_compute=False)  # one process scores (rank 0 in a DDP job)
     for batch in progress_bar(loader, desc=f"evaluate {Path(ckpt).name}", unit="batch", enabled=progress):
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         saliency = model.predict_step(batch, 0)["saliency"].float().cpu()
@@ -513,10 +570,19 @@ def evaluate_checkpoint(
             mask = read_mask(masks[sample_id])
             pred = F.interpolate(saliency[i : i + 1], size=mask.shape, mode="bilinear", align_corners=False)
             pred = (pred[0].clamp(0, 1) * 255).round().to(torch.uint8)
-            metric.update(pred, torch.from_numpy(mask)[None])
+            metric.update(pred, torch.tensor(mask)[None])  # a copy: cached masks are read-only
     scores = {k: float(v) if k != "n" else int(v) for k, v in metric.compute().items()}
     curves = {k: v.tolist() for k, v in metric.curves().items()}
     return {"scores": scores, "curves": curves}
+
+
+def _eval_device(accelerator: str) -> str:
+    """Where rank 0 evaluates: its GPU when the job trains on GPUs (or ``auto`` finds one), else the CPU."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        from usod.distributed import local_rank
+
+        return f"cuda:{local_rank()}"
+    return "cpu"
 
 
 def evaluate_stages(config: PipelineConfig) -> dict[str, dict[str, Any]]:
@@ -540,7 +606,7 @@ def evaluate_stages(config: PipelineConfig) -> dict[str, dict[str, Any]]:
                 else config.image_size,
                 batch_size=config.batch_size,
                 num_workers=config.num_workers,
-                device="cuda" if config.accelerator == "gpu" else "cpu",
+                device=_eval_device(config.accelerator),
             )
     return results
 
@@ -638,17 +704,23 @@ def write_report(config: PipelineConfig, timings: dict[str, float]) -> dict[str,
     return summary
 
 
-def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
-    """Run every step (resuming finished ones) and return the report summary."""
+def run_pipeline(config: PipelineConfig) -> dict[str, Any] | None:
+    """Run every step (resuming finished ones) and return the report summary.
+
+    In a multi-process job every rank calls this; rank 0 writes the report and returns the summary, the
+    other ranks return ``None`` once the last training or prediction step is done.
+    """
     import pytorch_lightning as pl
 
+    from usod.distributed import init_from_launcher, is_rank_zero
     from usod.loggers import wandb_job
 
+    init_from_launcher(config.accelerator)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     config.out.mkdir(parents=True, exist_ok=True)
     label_update = config.stage2.get("label_update", "olr") if config.stage2_epochs > 0 else None
     job = wandb_job(
-        config.logger,
+        config.logger if is_rank_zero() else None,
         PIPELINE_METHOD,
         config.dataset,
         config.root,
@@ -660,7 +732,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         return _run_steps(config)
 
 
-def _run_steps(config: PipelineConfig) -> dict[str, Any]:
+def _run_steps(config: PipelineConfig) -> dict[str, Any] | None:
+    from usod.distributed import is_rank_zero
+
     timings: dict[str, float] = {}
     start = time.perf_counter()
     ckpt = train_stage1(config)
@@ -673,6 +747,8 @@ def _run_steps(config: PipelineConfig) -> dict[str, Any]:
         stage2 = train_stage2(config)
         write_stage2_predictions(config, stage2)
         timings["stage2"] = time.perf_counter() - start
+    if not is_rank_zero():
+        return None  # the report is rank 0's: scoring and plots are quick next to the training steps
     start = time.perf_counter()
     summary = write_report(config, timings)
     summary["timings_s"]["report"] = time.perf_counter() - start

@@ -17,6 +17,9 @@ its ``init_args``::
     usod label --ckpt runs/stage1.ckpt --config configs/data/duts.yaml --out runs/labels --round stage1
 
 The images labelled are the datamodule's prediction set (the training images, unless ``predict_on: val``).
+
+``--devices N`` (and ``--num-nodes``) share the prediction and the post-processing out over N processes
+(Lightning starts them; ``torchrun``/``srun`` launches work too); every label is written once.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from usod.commands._devices import add_device_arguments
 from usod.data.io import InvalidInputError
 
 DEFAULT_IMAGE_SIZE = 320
@@ -68,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=None, help="data-loading and CRF worker processes (default 2)"
     )
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
+    add_device_arguments(parser, "default: 1 device, 1 node, auto")
     parser.add_argument(
         "--overwrite", action="store_true", help="start both rounds over (old labels are moved to retired/)"
     )
@@ -153,6 +158,7 @@ def build_datamodule(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from usod.distributed import is_rank_zero
     from usod.ops.crf import PostProcessConfig
     from usod.pipeline import write_label_round
 
@@ -176,8 +182,13 @@ def run(args: argparse.Namespace) -> int:
         num_workers=datamodule.num_workers,
         postprocess_workers=workers,
         accelerator=args.accelerator,
+        devices=args.devices or 1,
+        num_nodes=args.num_nodes or 1,
+        strategy=args.strategy or "auto",
         overwrite=args.overwrite,
     )
+    if not is_rank_zero():
+        return 0  # rank 0 reports
     print(
         f"{len(dataset)} samples: {result.predicted} predicted into {result.raw_round!r}, "
         f"{result.postprocessed} post-processed into {result.round!r} (current round)\n"

@@ -16,8 +16,9 @@ The YAML holds the fields of :class:`usod.pipeline.PipelineConfig`; see ``config
     stage2: {label_update: olr}
     eval: [{name: davis, dataset: davis, root: ../shared/data/davis-2016-val-5}]
 
-Relative paths in the file are taken relative to the current directory. ``--out``, ``--root`` and
-``--accelerator`` override the file.
+Relative paths in the file are taken relative to the current directory. ``--out``, ``--root``,
+``--accelerator``, ``--devices``, ``--num-nodes`` and ``--strategy`` override the file; with more than one
+device (or under ``torchrun``/``srun``) every step runs on all of them (see :mod:`usod.pipeline`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from usod.commands._devices import add_device_arguments
 from usod.data.io import InvalidInputError
 
 
@@ -36,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="output folder (overrides the file's `out`)")
     parser.add_argument("--root", type=Path, help="training dataset root (overrides the file's `root`)")
     parser.add_argument("--accelerator", help="cpu, gpu or auto (overrides the file)")
+    add_device_arguments(parser, "overrides the file")
 
 
 def load_config(path: Path, **overrides: Any) -> Any:
@@ -68,9 +71,19 @@ def load_config(path: Path, **overrides: Any) -> Any:
 def run(args: argparse.Namespace) -> int:
     from usod.pipeline import format_summary, run_pipeline
 
-    config = load_config(args.config, out=args.out, root=args.root, accelerator=args.accelerator)
+    config = load_config(
+        args.config,
+        out=args.out,
+        root=args.root,
+        accelerator=args.accelerator,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy,
+    )
     start = time.perf_counter()
     summary = run_pipeline(config)
+    if summary is None:  # a rank other than 0 of a multi-process job: rank 0 reports
+        return 0
     print()
     print(format_summary(summary))
     print(f"\nreport: {config.out / 'report'} ({time.perf_counter() - start:.0f} s)")

@@ -18,6 +18,12 @@ Steps, each skipped when its output exists (an interrupted run resumes where it 
 
 Every round lives in the store ``OUT/labels`` (see :class:`~usod.labels.PseudoLabelStore`), so each can be
 inspected (``usod evaluate --pred OUT/labels/rounds/<round>``).
+
+Several GPUs or nodes (``devices``, ``num_nodes``): call :func:`run_deepusps` in every process, as started
+by ``torchrun``/``srun`` or by Lightning (a script run once with ``devices > 1``; Lightning starts it again
+for the other devices). The handcrafted maps are shared out over the ranks, every network trains and
+predicts under DDP (each label written once, the moving averages equal to a 1-process run), and rank 0
+writes the checkpoints, the manifests and the report.
 """
 
 from __future__ import annotations
@@ -74,6 +80,9 @@ class DeepUSPSConfig:
         lr_growth: Learning-rate factor per self-supervision round (paper: 2).
         write_predictions: Also write the network maps of every refinement round.
         accelerator: Lightning accelerator.
+        devices: Devices per node of every training and prediction step (Lightning's ``devices``).
+        num_nodes: Nodes of a multi-node job.
+        strategy: Lightning strategy (``"auto"``: DDP when there is more than one device).
         seed: Global seed.
         log_every_n_steps: Training steps between logged losses.
         logger: ``None``/``"csv"`` (CSV logs in ``OUT/logs`` only), ``"wandb"`` or a mapping of wandb
@@ -101,6 +110,9 @@ class DeepUSPSConfig:
     lr_growth: float = 2.0
     write_predictions: bool = True
     accelerator: str = "auto"
+    devices: int | str | list[int] = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
     seed: int = 0
     log_every_n_steps: int = 5
     logger: str | dict[str, Any] | None = None
@@ -168,18 +180,28 @@ def _round_done(store: Any, name: str, ids: list[str]) -> bool:
 
 
 def write_handcrafted(config: DeepUSPSConfig, method: str, store: Any, dataset: Any) -> int:
-    """Compute ``method`` for every training image into round ``hc-<method>``; returns maps written."""
+    """Compute ``method`` for every training image into round ``hc-<method>``; returns the maps this
+    process wrote (under DDP each rank computes its share)."""
+    from usod.distributed import barrier, rank_world
     from usod.handcrafted import run_files
 
     name = handcrafted_round(method)
     ids = [f.id for f in dataset.files]
-    if _round_done(store, name, ids):
+    done = _round_done(store, name, ids)
+    barrier()  # every rank has read the store before rank 0 changes it
+    if done:
         return 0
     options = dict(config.handcrafted_options.get(method, {}))
     store.begin_round(name, {"producer": "handcrafted", "method": method, "options": options})
+    rank, world = rank_world()
     tasks = [(f.image, store.label_path(name, f.id)) for f in dataset.files]
     written = run_files(
-        method, tasks, workers=config.handcrafted_workers, options=options, skip_existing=True, progress=True
+        method,
+        tasks[rank::world],  # each rank its share
+        workers=config.handcrafted_workers,
+        options=options,
+        skip_existing=True,
+        progress=True,
     )
     store.complete_round(name, expected_ids=ids)
     return len(written)
@@ -194,7 +216,9 @@ def _trainer(config: DeepUSPSConfig, max_epochs: int, name: str, callbacks: list
 
     return pl.Trainer(
         accelerator=config.accelerator,
-        devices=1,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
         max_epochs=max_epochs,
         logger=[CSVLogger(config.out / "logs", name=name), *stage_loggers(name)],
         enable_checkpointing=False,
@@ -280,6 +304,9 @@ def _write_predictions(
         batch_size=config.batch_size,
         num_workers=config.num_workers,
         accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
         overwrite=overwrite,
         progress=False,
     )
@@ -311,25 +338,29 @@ def round_names(config: DeepUSPSConfig) -> list[str]:
     return [*names, FUSED_ROUND]
 
 
-def run_deepusps(config: DeepUSPSConfig) -> dict[str, Any]:
+def run_deepusps(config: DeepUSPSConfig) -> dict[str, Any] | None:
     """Run every step (resuming finished ones); return ``{"config", "timings_s", "metrics"}``.
 
     ``timings_s`` holds the seconds spent in this call per step (``hc-<method>``, ``<method>-r<k>``,
     ``fusion``, ``report``); steps skipped on resume take about 0 s. The summary is also written to
-    ``OUT/report.json``.
+    ``OUT/report.json``. In a multi-process job every rank calls this; rank 0 writes the report and returns
+    the summary, the other ranks return ``None``.
     """
     import pytorch_lightning as pl
 
+    from usod.distributed import init_from_launcher, is_rank_zero
     from usod.loggers import wandb_job
 
+    init_from_launcher(config.accelerator)  # torchrun/srun: the ranks share the handcrafted maps
     pl.seed_everything(config.seed, workers=True, verbose=False)
     config.out.mkdir(parents=True, exist_ok=True)
     settings = json.loads(json.dumps(asdict(config), default=str))
-    with wandb_job(config.logger, "deepusps", config.dataset, config.root, config.out, config=settings):
+    logger = config.logger if is_rank_zero() else None
+    with wandb_job(logger, "deepusps", config.dataset, config.root, config.out, config=settings):
         return _run_steps(config)
 
 
-def _run_steps(config: DeepUSPSConfig) -> dict[str, Any]:
+def _run_steps(config: DeepUSPSConfig) -> dict[str, Any] | None:
     import pytorch_lightning as pl
 
     from usod.labels import PseudoLabelStore
@@ -360,6 +391,10 @@ def _run_steps(config: DeepUSPSConfig) -> dict[str, Any]:
     pl.seed_everything(config.seed, workers=True, verbose=False)
     fused, trained = timed("fusion", train_fusion, config, store)
     timed("fusion-predict", _write_predictions, config, dataset, fused, store, FUSED_ROUND, trained)
+    from usod.distributed import is_rank_zero
+
+    if not is_rank_zero():
+        return None  # rank 0 scores the rounds and writes the report
     metrics = timed("report", score_rounds, config, round_names(config))
     summary = {
         "config": json.loads(json.dumps(asdict(config), default=str)),
