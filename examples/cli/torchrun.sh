@@ -10,14 +10,18 @@
 #   NNODES=2 NODE_RANK=1 MASTER_ADDR=node001 NPROC_PER_NODE=4 bash examples/cli/torchrun.sh   # on node002
 # CPU processes instead of GPUs (gloo), e.g. to try a config on a laptop or a CPU cluster:
 #   NPROC_PER_NODE=2 TRAINER_CONFIG=configs/trainer/ddp_cpu.yaml bash examples/cli/torchrun.sh
+# The whole A2S pipeline (`usod pipeline`: both stages, labels, report) instead of one `usod fit`:
+#   SUBCOMMAND=pipeline PIPELINE=configs/pipeline/a2s_duts.yaml bash examples/cli/torchrun.sh --out runs/a2s
 #
-# Lightning takes the ranks from torchrun; --trainer.num_nodes and --trainer.devices are set to match.
+# Lightning takes the ranks from torchrun; --trainer.num_nodes and --trainer.devices (pipeline: --num-nodes
+# and --devices) are set to match.
 # Keep data, checkpoints and pseudo-label stores on a filesystem every node sees.
 
 set -euo pipefail
 
 SUBCOMMAND="${SUBCOMMAND:-fit}"
 EXPERIMENT="${EXPERIMENT:-configs/experiment/a2s_stage1_synth.yaml}"
+PIPELINE="${PIPELINE:-configs/pipeline/a2s_synth.yaml}"
 TRAINER_CONFIG="${TRAINER_CONFIG:-configs/trainer/ddp.yaml}"
 NNODES="${NNODES:-1}"
 NODE_RANK="${NODE_RANK:-0}"
@@ -30,15 +34,18 @@ fi
 # TORCHRUN may hold a command with arguments, e.g. "python -m torch.distributed.run"
 read -r -a TORCHRUN_CMD <<< "${TORCHRUN:-torchrun}"
 
+if [[ "$SUBCOMMAND" == pipeline ]]; then
+  USOD_ARGS=(pipeline --config "$PIPELINE" --num-nodes "$NNODES" --devices "$NPROC_PER_NODE")
+else
+  USOD_ARGS=("$SUBCOMMAND" --config "$EXPERIMENT" --config "$TRAINER_CONFIG"
+             --trainer.num_nodes "$NNODES" --trainer.devices "$NPROC_PER_NODE")
+fi
+
 exec "${TORCHRUN_CMD[@]}" \
   --nnodes "$NNODES" \
   --nproc-per-node "$NPROC_PER_NODE" \
   --node-rank "$NODE_RANK" \
   --master-addr "$MASTER_ADDR" \
   --master-port "$MASTER_PORT" \
-  -m usod.cli "$SUBCOMMAND" \
-  --config "$EXPERIMENT" \
-  --config "$TRAINER_CONFIG" \
-  --trainer.num_nodes "$NNODES" \
-  --trainer.devices "$NPROC_PER_NODE" \
+  -m usod.cli "${USOD_ARGS[@]}" \
   "$@"

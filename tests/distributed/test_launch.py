@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import os
 import re
@@ -124,6 +125,57 @@ def test_torchrun_script_multinode_arguments(tmp_path: Path) -> None:
         "--ckpt_path",
         "best.ckpt",
     ]
+
+
+def test_launch_scripts_run_the_pipeline_with_matching_devices(tmp_path: Path) -> None:
+    """``SUBCOMMAND=pipeline``: ``usod pipeline`` with ``--num-nodes``/``--devices`` from the launcher."""
+    srun = _fake_launcher(tmp_path / "bin", "srun")
+    torchrun = _fake_launcher(tmp_path / "bin", "torchrun")
+    env = {
+        **os.environ,
+        "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "USOD_ROOT": str(REPO),
+        "SUBCOMMAND": "pipeline",
+        "PIPELINE": "configs/pipeline/a2s_duts.yaml",
+        "SLURM_NNODES": "2",
+        "SLURM_NTASKS_PER_NODE": "4",
+        "TORCHRUN": str(tmp_path / "bin" / "torchrun"),
+        "NNODES": "1",
+        "NPROC_PER_NODE": "8",
+    }
+    subprocess.run([BASH, str(SCRIPTS[0]), "--out", "runs/a2s"], check=True, env=env, cwd=tmp_path)
+    subprocess.run([BASH, str(SCRIPTS[1]), "--out", "runs/a2s"], check=True, env=env, cwd=REPO)
+    tail = ["--config", "configs/pipeline/a2s_duts.yaml", "--num-nodes"]
+    assert srun.read_text().splitlines() == [
+        "usod",
+        "pipeline",
+        *tail,
+        "2",
+        "--devices",
+        "4",
+        "--out",
+        "runs/a2s",
+    ]
+    got = torchrun.read_text().splitlines()
+    assert got[got.index("-m") :] == [
+        "-m",
+        "usod.cli",
+        "pipeline",
+        *tail,
+        "1",
+        "--devices",
+        "8",
+        "--out",
+        "runs/a2s",
+    ]
+    # and the pipeline command takes those options
+    from usod.commands import pipeline
+
+    parser = argparse.ArgumentParser()
+    pipeline.add_arguments(parser)
+    args = parser.parse_args([*tail, "2", "--devices", "4", "--strategy", "ddp"])
+    assert (args.num_nodes, args.devices, args.strategy) == (2, 4, "ddp")
+    assert parser.parse_args(["--config", "x.yaml", "--devices", "0,1"]).devices == "0,1"
 
 
 def _tiny_stage2_experiment(tmp_path: Path) -> Path:
