@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=None, help="data-loading and CRF worker processes (default 2)"
     )
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
-    add_device_arguments(parser, "default: 1 device, 1 node, auto")
+    add_device_arguments(parser)
     parser.add_argument(
         "--overwrite", action="store_true", help="start both rounds over (old labels are moved to retired/)"
     )

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="output folder (overrides the file's `out`)")
     parser.add_argument("--root", type=Path, help="training dataset root (overrides the file's `root`)")
     parser.add_argument("--accelerator", help="cpu, gpu or auto (overrides the file)")
-    add_device_arguments(parser, "overrides the file")
+    add_device_arguments(parser, from_file=True)
 
 
 def load_config(path: Path, **overrides: Any) -> Any:
