@@ -141,9 +141,7 @@ def _loader(dataset: Dataset, s: Settings, optimised: bool) -> DataLoader:
 
 
 def _to_device(batch: dict[str, Any], device: torch.device, optimised: bool, channels_last: bool) -> dict:
-    out = {
-        k: v.to(device, non_blocking=optimised) if isinstance(v, Tensor) else v for k, v in batch.items()
-    }
+    out = {k: v.to(device, non_blocking=optimised) if isinstance(v, Tensor) else v for k, v in batch.items()}
     return to_channels_last(out) if channels_last else out
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 from usod.cli import main
 from usod.data.synth import write_dataset
 from usod.models.adapter_transfer import AdapterTransfer
-from usod.models.base import CLASS_KEY, load_module
+from usod.models.base import load_module, save_module
 from usod.models.saliency_detector import SaliencyDetector
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,15 +45,7 @@ CASES = {
 def _base(path: Path, aux: str) -> Path:
     torch.manual_seed(0)
     module = SaliencyDetector(backbone=TINY, channels=8, aux_modality=aux, label_update="none")
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-            CLASS_KEY: f"{type(module).__module__}.{type(module).__qualname__}",
-        },
-        path,
-    )
-    return path
+    return save_module(module, path)
 
 
 @pytest.mark.parametrize("name", list(CASES))

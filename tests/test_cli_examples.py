@@ -113,7 +113,7 @@ def test_readme_commands_run_on_tiny_settings(tmp_path) -> None:
         "set -euo pipefail",
         'last_ckpt() { ls -t "$1"/lightning_logs/version_*/checkpoints/*.ckpt | head -n 1; }',
         f"usod() {{ {shlex.quote(sys.executable)} -c 'import sys; from usod.cli import main; "
-        "sys.exit(main(sys.argv[1:]))' \"$@\"; }",
+        'sys.exit(main(sys.argv[1:]))\' "$@"; }',
         f"cp -r {shlex.quote(str(REPO / 'configs'))} {shlex.quote(str(REPO / 'examples'))} .",
         *[_tiny(line) for line in lines],
     ]

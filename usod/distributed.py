@@ -103,8 +103,15 @@ def init_from_launcher(accelerator: str = "auto") -> bool:
     os.environ["MASTER_ADDR"] = environment.main_address
     os.environ["MASTER_PORT"] = str(environment.main_port)
     dist.init_process_group(backend, rank=environment.global_rank(), world_size=environment.world_size())
-    if backend == "nccl":  # torch warns about NCCL groups left at exit (Lightning does the same)
-        import atexit
+    import atexit
 
-        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    # the group made here is also taken down here (torch warns about NCCL groups left at exit)
+    atexit.register(_destroy_group)
     return True
+
+
+def _destroy_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

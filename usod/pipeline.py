@@ -166,7 +166,14 @@ def _datamodule(config: PipelineConfig, pseudo_dir: Path | None = None, stage: i
     )
 
 
-def _trainer(config: PipelineConfig, max_epochs: int, name: str, callbacks: list[Any] | None = None) -> Any:
+def step_trainer(config: Any, max_epochs: int, name: str, callbacks: list[Any] | None = None) -> Any:
+    """The trainer of one training step of a multi-step driver (the A2S pipeline, DeepUSPS).
+
+    ``config`` is a :class:`PipelineConfig` or a :class:`~usod.models.deepusps.DeepUSPSConfig` (the fields
+    ``out``, ``accelerator``, ``devices``, ``num_nodes``, ``strategy``, ``precision``, ``performance`` and
+    ``log_every_n_steps``). Logs go to ``OUT/logs/<name>/`` (CSV) and, inside a wandb job, to its run with
+    the prefix ``<name>-``; no checkpoints (the driver saves one when the step is finished).
+    """
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
 
@@ -193,7 +200,7 @@ def _trainer(config: PipelineConfig, max_epochs: int, name: str, callbacks: list
     )
 
 
-def _save_checkpoint(trainer: Any, path: Path) -> None:
+def save_step_checkpoint(trainer: Any, path: Path) -> None:
     """Save weights and hyper-parameters atomically (rank 0 writes; every rank returns once it exists)."""
     from usod.distributed import barrier
 
@@ -219,9 +226,9 @@ def train_stage1(config: PipelineConfig) -> Path:
     pl.seed_everything(config.seed, workers=True, verbose=False)
     kwargs = {"feature_cache": True, **config.stage1}
     model = CueExtractor(**kwargs)
-    trainer = _trainer(config, config.stage1_epochs, "stage1")
+    trainer = step_trainer(config, config.stage1_epochs, "stage1")
     trainer.fit(model, datamodule=_datamodule(config))
-    _save_checkpoint(trainer, ckpt)
+    save_step_checkpoint(trainer, ckpt)
     return ckpt
 
 
@@ -419,7 +426,8 @@ def write_label_round(
     return LabelRoundResult(store.root, raw_round, round_name, predicted, len(written))
 
 
-def _predict_settings(config: PipelineConfig) -> dict[str, Any]:
+def predict_settings(config: Any) -> dict[str, Any]:
+    """Device settings of a driver's prediction steps (see :func:`step_trainer` for ``config``)."""
     return {
         "accelerator": config.accelerator,
         "devices": config.devices,
@@ -442,7 +450,7 @@ def write_stage1_labels(config: PipelineConfig, ckpt: Path) -> Path:
         batch_size=config.batch_size,
         num_workers=config.num_workers,
         postprocess_workers=config.postprocess_workers,
-        **_predict_settings(config),
+        **predict_settings(config),
     )
     return result.store_root
 
@@ -469,9 +477,9 @@ def train_stage2(config: PipelineConfig) -> Path:
     store = PseudoLabelStore(config.out / "labels")
     model = SaliencyDetector(**{"backbone": config.stage1.get("backbone"), **config.stage2})
     callbacks = [LabelRoundWriter(store), PseudoLabelQuality()]
-    trainer = _trainer(config, config.stage2_epochs, "stage2", callbacks=callbacks)
+    trainer = step_trainer(config, config.stage2_epochs, "stage2", callbacks=callbacks)
     trainer.fit(model, datamodule=_datamodule(config, pseudo_dir=store.round_dir(LABEL_ROUND), stage=2))
-    _save_checkpoint(trainer, ckpt)
+    save_step_checkpoint(trainer, ckpt)
     return ckpt
 
 
@@ -487,7 +495,7 @@ def write_stage2_predictions(config: PipelineConfig, ckpt: Path) -> Path:
         None,
         batch_size=config.batch_size,
         num_workers=config.num_workers,
-        **_predict_settings(config),
+        **predict_settings(config),
     )
     return result.store_root
 

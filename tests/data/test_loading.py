@@ -116,8 +116,13 @@ def test_gpu_augmentation_runs_after_transfer_in_training(tmp_path) -> None:
     dm = RGBDataModule(**kwargs, gpu_augment=True, cache_images=True)
     module = _Batches()
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=1, limit_train_batches=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(module, datamodule=dm)
     (seen,) = module.seen

@@ -81,8 +81,12 @@ def _log_writes(out: Path, rank: int) -> list[Any]:
         record("checkpoint", path)
         return save_ckpt(self, checkpoint, path, storage_options)
 
+    import usod.ops.crf as crf_mod
+
     return [
         mock.patch.object(store_mod, "write_png_atomic", png_logged),
+        # the CRF module binds the store's function at import (which may come before these patches)
+        mock.patch.object(crf_mod, "write_png_atomic", png_logged),
         mock.patch.object(store_mod, "atomic_write_bytes", atomic_logged),
         mock.patch.object(TorchCheckpointIO, "save_checkpoint", ckpt_logged),
     ]

@@ -178,6 +178,40 @@ def test_cli_with_two_devices_starts_the_second_process_itself(tmp_path: Path, d
     assert (tmp_path / "run" / "stage2.ckpt").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
+def test_label_cli_with_two_devices_writes_every_label_once(tmp_path: Path, data: Path) -> None:
+    """``usod label --devices 2``: work shared out, one report line, the same labels as 1 process."""
+    from usod.models.base import save_module
+    from usod.models.cue_extractor import CueExtractor
+
+    torch.manual_seed(0)
+    ckpt = save_module(CueExtractor(backbone=TINY), tmp_path / "cue.ckpt")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    base = [sys.executable, "-m", "usod.cli", "label", "--ckpt", str(ckpt), "--dataset", "folder"]
+    base += ["--root", str(data), "--image-size", "64", "--batch-size", "1", "--workers", "0"]
+    base += ["--accelerator", "cpu"]
+    outputs = {}
+    for devices in (2, 1):
+        store = tmp_path / f"labels{devices}"
+        command = [*base, "--out", str(store), "--devices", str(devices)]
+        result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[devices] = result.stdout
+    assert outputs[2].count("predicted into") == 1  # rank 0 reports
+    assert f"{N_IMAGES} samples: {N_IMAGES} predicted" in outputs[2]
+    got, want = PseudoLabelStore(tmp_path / "labels2"), PseudoLabelStore(tmp_path / "labels1")
+    assert got.current_round() == want.current_round() == "stage1"
+    for name in ("stage1-raw", "stage1"):
+        labels, expected = _labels(got, name), _labels(want, name)
+        assert sorted(labels) == sorted(expected) and len(labels) == N_IMAGES
+        for sid, label in labels.items():
+            np.testing.assert_array_equal(label, expected[sid], err_msg=f"{name}, {sid}")
+
+
 def deepusps_scenario(rank: int, world: int, out: Path, *, data: Path) -> None:
     from usod.models.deepusps import DeepUSPSConfig, run_deepusps
 

@@ -76,10 +76,15 @@ def test_init_from_launcher_under_torchrun(tmp_path: Path) -> None:
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
+    logs = tmp_path / "logs"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    command += ["--master-port", str(free_port()), str(script), str(tmp_path)]
+    command += ["--master-port", str(free_port()), "--log-dir", str(logs), "--redirects", "3"]
+    command += [str(script), str(tmp_path)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = "".join(
+        f"--- {p.relative_to(logs)}\n{p.read_text()[-2000:]}" for p in sorted(logs.rglob("std*.log"))
+    )
+    assert result.returncode == 0, result.stderr[-2000:] + ranks
     for rank in range(2):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got == {

@@ -266,21 +266,12 @@ def test_deepusps_mva_metrics_and_files(tmp_path: Path, data: Path) -> None:
 
 @pytest.fixture(scope="module")
 def detector_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from usod.models.base import CLASS_KEY
+    from usod.models.base import save_module
     from usod.models.saliency_detector import SaliencyDetector
 
     torch.manual_seed(0)
     module = SaliencyDetector(backbone=TINY, channels=8, label_update="none")
-    path = tmp_path_factory.mktemp("base") / "base.ckpt"
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-            CLASS_KEY: f"{type(module).__module__}.{type(module).__qualname__}",
-        },
-        path,
-    )
-    return path
+    return save_module(module, tmp_path_factory.mktemp("base") / "base.ckpt")
 
 
 def test_adapter_transfer_spr_rounds_metrics_and_files(

@@ -13,7 +13,7 @@ from usod.data.io import InvalidInputError
 from usod.labels import PseudoLabelStore
 from usod.models.adapter_transfer import AdapterTransfer, EncoderAdapters, ParallelAdapter, encoder_units
 from usod.models.backbones import build_encoder
-from usod.models.base import CLASS_KEY, load_module
+from usod.models.base import load_module, save_module
 from usod.models.cue_extractor import CueExtractor
 from usod.models.saliency_detector import LabelRoundWriter, SaliencyDetector
 
@@ -29,23 +29,12 @@ pytestmark = [
 ]
 
 
-def save_base(module: pl.LightningModule, path: Path) -> Path:
-    """A checkpoint as Lightning writes it (the keys load_module reads)."""
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-            CLASS_KEY: f"{type(module).__module__}.{type(module).__qualname__}",
-        },
-        path,
-    )
-    return path
-
-
 @pytest.fixture
 def detector_ckpt(tmp_path: Path) -> Path:
     torch.manual_seed(0)
-    return save_base(SaliencyDetector(backbone=TINY, channels=8, label_update="olr"), tmp_path / "base.ckpt")
+    return save_module(
+        SaliencyDetector(backbone=TINY, channels=8, label_update="olr"), tmp_path / "base.ckpt"
+    )
 
 
 def make_samples(n: int = 4, flow: bool = False, pseudo: bool = False) -> list[dict]:
@@ -270,7 +259,7 @@ def test_flow_enters_the_adapters_of_an_rgb_base(detector_ckpt: Path) -> None:
 def test_a_base_with_its_own_aux_stream_gets_the_aux_image(tmp_path: Path) -> None:
     torch.manual_seed(0)
     base = SaliencyDetector(backbone=TINY, channels=8, aux_modality="depth", label_update="none")
-    ckpt = save_base(base, tmp_path / "rgbd.ckpt")
+    ckpt = save_module(base, tmp_path / "rgbd.ckpt")
     module = AdapterTransfer(base=str(ckpt), label_update="none")
     assert module.hparams.aux_modality == "depth" and module.aux_route == "base"
     assert all(a.aux_down is None for a in module.adapters.adapters.values())
@@ -283,7 +272,7 @@ def test_a_base_with_its_own_aux_stream_gets_the_aux_image(tmp_path: Path) -> No
 
 def test_cue_extractor_base_is_tuned_with_its_own_stage1_loss(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    ckpt = save_base(CueExtractor(backbone=TINY, head_channels=8, feature_cache=True), tmp_path / "s1.ckpt")
+    ckpt = save_module(CueExtractor(backbone=TINY, head_channels=8, feature_cache=True), tmp_path / "s1.ckpt")
     module = AdapterTransfer(base=str(ckpt))
     assert not module.is_detector and module.hparams.base_hparams["feature_cache"] is False
     batch = next(iter(DataLoader(make_samples(4), batch_size=4)))

@@ -353,5 +353,3 @@ def test_label_bank_commit_keeps_unseen_and_last_copy_wins() -> None:
     assert bank.labels["a"].max() == 0  # staged, not applied
     assert bank.commit() == ["a"]
     assert np.all(bank.labels["a"] == 64) and np.all(bank.labels["b"] == 255)
-
-

@@ -94,12 +94,12 @@ def test_compile_eager_backend_runs_the_compiled_modules(name: str, tmp_path: Pa
 def test_pipeline_and_trainer_configs_carry_the_options(tmp_path: Path) -> None:
     import yaml
 
-    from usod.pipeline import PipelineConfig, _trainer
+    from usod.pipeline import PipelineConfig, step_trainer
 
     config = PipelineConfig(
         out=tmp_path, accelerator="cpu", precision="bf16-mixed", performance={"channels_last": True}
     )
-    trainer = _trainer(config, 1, "stage1")
+    trainer = step_trainer(config, 1, "stage1")
     assert trainer.precision == "bf16-mixed"
     (options,) = [c for c in trainer.callbacks if isinstance(c, PerformanceOptions)]
     assert options.channels_last and not options.compile

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from usod.models.base import CLASS_KEY
+from usod.models.base import save_module
 
 SIZE = 32
 TINY = {"name": "test_resnet", "weights": "none"}
@@ -90,15 +90,7 @@ def build(name: str, tmp_path: Path) -> pl.LightningModule:
         from usod.models.saliency_detector import SaliencyDetector
 
         base = SaliencyDetector(backbone=TINY, channels=8, label_update="none")
-        path = tmp_path / "base.ckpt"
-        torch.save(
-            {
-                "state_dict": base.state_dict(),
-                "hyper_parameters": dict(base.hparams),
-                CLASS_KEY: f"{type(base).__module__}.{type(base).__qualname__}",
-            },
-            path,
-        )
+        path = save_module(base, tmp_path / "base.ckpt")
         return AdapterTransfer(base=str(path), label_update="spr", spr_warmup_epochs=0)
     raise KeyError(name)
 

@@ -215,6 +215,28 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> U
     return model
 
 
+def save_module(module: USODModule, path: str | Path) -> Path:
+    """Write ``module`` as a checkpoint that :func:`load_module` and ``usod predict`` read, without a Trainer.
+
+    The file holds the weights, the hyper-parameters and the class (what ``Trainer.save_checkpoint`` with
+    ``weights_only=True`` writes for a usod module, through the same ``on_save_checkpoint`` hook). It is
+    written atomically: a crash never leaves a truncated file under ``path``.
+
+    Returns:
+        ``path``.
+    """
+    import os
+
+    path = Path(path)
+    checkpoint: dict[str, Any] = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def trained_image_size(path: str | Path) -> int | list[int] | None:
     """The ``image_size`` of the datamodule a checkpoint was trained with, if it recorded one."""
     ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)

@@ -41,7 +41,7 @@ from usod.metrics import SODMetrics
 from usod.models.adapter_transfer.torch_model import EncoderAdapters
 from usod.models.aux_input import batch_aux, check_aux_modality, flip_allowed
 from usod.models.base import USODModule
-from usod.models.saliency_detector.lightning_model import LabelBank, LabelListener
+from usod.models.saliency_detector.lightning_model import LabelBank, LabelListener, OnlineLabelTraining
 
 __all__ = ["AdapterTransfer", "load_base"]
 
@@ -105,7 +105,7 @@ def load_base(path: str | Path) -> tuple[USODModule, str, dict[str, Any]]:
     return module, class_path, _rebuildable(module.hparams)
 
 
-class AdapterTransfer(USODModule):
+class AdapterTransfer(OnlineLabelTraining, USODModule):
     """Adapter tuning of a frozen NSI saliency model on a target domain (seed 000, ``F' = T(F) + T_a(F)``).
 
     Batches are those of the base model: ``image``, ``id``, ``size``, optionally ``pseudo``, the auxiliary
@@ -382,25 +382,6 @@ class AdapterTransfer(USODModule):
             ids, images, pseudo if isinstance(pseudo, Tensor) else None, batch.get("size")
         )
 
-    def updates_labels_at(self, epoch: int) -> bool:
-        """Whether labels change at the end of (0-based) ``epoch``."""
-        mode = self.hparams.label_update
-        if mode == "olr":
-            return epoch >= self.hparams.olr_warmup_epochs and self.hparams.olr_lambda < 1.0
-        if mode == "spr":
-            return epoch >= self.hparams.spr_warmup_epochs
-        return False
-
-    @torch.no_grad()
-    def updated_labels(self, images: Tensor, labels: Tensor, predictions: Tensor) -> Tensor:
-        """OLR ``lambda G + (1 - lambda) Y`` or SPR ``(l1 R_pri + l2 Y + l3 G) / (l1 + l2 + l3)``."""
-        if self.hparams.label_update == "olr":
-            lam = float(self.hparams.olr_lambda)
-            return lam * labels + (1.0 - lam) * predictions
-        l1, l2, l3 = (float(w) for w in self.hparams.spr_weights)
-        prior = self.refiner(images, labels)
-        return ((l1 * prior + l2 * predictions + l3 * labels) / (l1 + l2 + l3)).clamp(0.0, 1.0)
-
     # ------------------------------------------------------------------ lightning hooks
     def on_fit_start(self) -> None:
         counts = self.parameter_counts()
@@ -421,41 +402,7 @@ class AdapterTransfer(USODModule):
             self.log("train_loss", loss, prog_bar=True, batch_size=b)
             return loss
         target = self.training_targets(batch, images, aux)
-        if self.hparams.hflip and flip_allowed(key):
-            flips = (torch.rand(b) < 0.5).to(images.device).view(-1, 1, 1, 1)
-        else:
-            flips = torch.zeros(b, 1, 1, 1, dtype=torch.bool, device=images.device)
-        views = torch.where(flips, images.flip(-1), images)
-        aux_v = None if aux is None else torch.where(flips, aux.flip(-1), aux)
-        target_v = torch.where(flips, target.flip(-1), target)
-        logits = self._raw(views, aux_v)
-        from usod.models.saliency_detector.loss import IoUMultiScaleLoss
-
-        if isinstance(self.loss_fn, IoUMultiScaleLoss):
-            size = self._scaled_size(views.shape[-2:])
-            scaled = F.interpolate(views, size=size, mode="bilinear", align_corners=True)
-            aux_s = (
-                None
-                if aux_v is None
-                else F.interpolate(aux_v, size=size, mode="bilinear", align_corners=True)
-            )
-            terms = self.loss_fn.terms(logits, target_v, self._raw(scaled, aux_s))
-        else:
-            terms = self.loss_fn.terms(logits, target_v)
-        loss = sum(terms.values())
-        self.log("train_loss", loss, prog_bar=True, batch_size=b)
-        for name, value in terms.items():
-            self.log(f"train_{name}", value, batch_size=b)
-        if self.wants_panels(batch_idx):
-            pred_v = logits.detach().sigmoid()
-            self.log_panels("train", batch_idx, batch, image=views, pseudo=target_v, prediction=pred_v)
-        if self.updates_labels_at(self.current_epoch):
-            with torch.no_grad():
-                pred = torch.sigmoid(logits.detach().float())
-                pred = torch.where(flips, pred.flip(-1), pred)
-                new = self.updated_labels(images, target, pred)
-            self.label_bank.stage([str(i) for i in batch["id"]], new)
-        return loss
+        return self.train_on_labels(batch, batch_idx, images, aux, key, target, self._raw)
 
     def _stage1_loss_kwargs(self) -> dict[str, Any]:
         from usod.models.cue_extractor.loss import PCLSDLoss
@@ -473,14 +420,8 @@ class AdapterTransfer(USODModule):
 
     def on_train_epoch_end(self) -> None:
         """Apply the epoch's label updates on every rank, then notify :attr:`label_listeners`."""
-        if not self.is_detector:
-            return
-        updated = self.label_bank.commit()
-        self.last_updated_ids = updated
-        if updated:
-            self.label_epoch = self.current_epoch
-        for listener in list(self.label_listeners):
-            listener(self, self.current_epoch, updated)
+        if self.is_detector:
+            self.commit_label_updates()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Score the adapted saliency against ``mask`` when the batch has one."""

@@ -83,6 +83,9 @@ class DeepUSPSConfig:
         devices: Devices per node of every training and prediction step (Lightning's ``devices``).
         num_nodes: Nodes of a multi-node job.
         strategy: Lightning strategy (``"auto"``: DDP when there is more than one device).
+        precision: Lightning precision of every network (``"32-true"``; ``"bf16-mixed"`` on a GPU).
+        performance: :class:`~usod.callbacks.PerformanceOptions` arguments, e.g.
+            ``{"channels_last": true, "compile": true}``.
         seed: Global seed.
         log_every_n_steps: Training steps between logged losses.
         logger: ``None``/``"csv"`` (CSV logs in ``OUT/logs`` only), ``"wandb"`` or a mapping of wandb
@@ -113,6 +116,8 @@ class DeepUSPSConfig:
     devices: int | str | list[int] = 1
     num_nodes: int = 1
     strategy: str = "auto"
+    precision: str = "32-true"
+    performance: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     log_every_n_steps: int = 5
     logger: str | dict[str, Any] | None = None
@@ -207,30 +212,6 @@ def write_handcrafted(config: DeepUSPSConfig, method: str, store: Any, dataset: 
     return len(written)
 
 
-def _trainer(config: DeepUSPSConfig, max_epochs: int, name: str, callbacks: list[Any]) -> Any:
-    import pytorch_lightning as pl
-    from pytorch_lightning.loggers import CSVLogger
-
-    from usod.loggers import stage_loggers
-    from usod.progress import progress_enabled
-
-    return pl.Trainer(
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        max_epochs=max_epochs,
-        logger=[CSVLogger(config.out / "logs", name=name), *stage_loggers(name)],
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        log_every_n_steps=config.log_every_n_steps,
-        callbacks=callbacks,
-        enable_progress_bar=progress_enabled(),
-    )
-
-
 def train_refinement_round(
     config: DeepUSPSConfig, method: str, k: int, store: Any, ids: list[str]
 ) -> tuple[Path, bool]:
@@ -241,7 +222,7 @@ def train_refinement_round(
     """
     from usod.labels.quality import PseudoLabelQuality
     from usod.models.deepusps.lightning_model import DeepUSPSRefiner, MVARoundWriter
-    from usod.pipeline import _save_checkpoint
+    from usod.pipeline import save_step_checkpoint, step_trainer
 
     ckpt = config.refine_ckpt(method, k)
     target = mva_round(method, k)
@@ -257,10 +238,10 @@ def train_refinement_round(
         store, target, meta={"method": method, "round": k, "from": source}, expected_ids=ids
     )
     # the moving averages are scored after every epoch when the training images have ground truth
-    trainer = _trainer(config, config.epochs, f"{method}-r{k}", [writer, PseudoLabelQuality()])
+    trainer = step_trainer(config, config.epochs, f"{method}-r{k}", [writer, PseudoLabelQuality()])
     trainer.fit(model, datamodule=_datamodule(config, [str(store.round_dir(source))]))
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    _save_checkpoint(trainer, ckpt)  # after the MVA round: a checkpoint means the round is complete
+    save_step_checkpoint(trainer, ckpt)  # after the MVA round: a checkpoint means the round is complete
     return ckpt, True
 
 
@@ -271,7 +252,7 @@ def train_fusion(config: DeepUSPSConfig, store: Any) -> tuple[Path, bool]:
         The checkpoint, and whether it was trained now.
     """
     from usod.models.deepusps.lightning_model import DeepUSPSRefiner
-    from usod.pipeline import _save_checkpoint
+    from usod.pipeline import save_step_checkpoint, step_trainer
 
     ckpt = config.fused_ckpt
     if ckpt.is_file():
@@ -283,9 +264,9 @@ def train_fusion(config: DeepUSPSConfig, store: Any) -> tuple[Path, bool]:
     }
     kwargs = {**base, **config.fusion, "num_targets": len(dirs), "mva": False, "target_threshold": 0.5}
     model = DeepUSPSRefiner(**kwargs)
-    trainer = _trainer(config, config.fusion_epochs, "fusion", [])
+    trainer = step_trainer(config, config.fusion_epochs, "fusion", [])
     trainer.fit(model, datamodule=_datamodule(config, dirs))
-    _save_checkpoint(trainer, ckpt)
+    save_step_checkpoint(trainer, ckpt)
     return ckpt, True
 
 
@@ -293,7 +274,7 @@ def _write_predictions(
     config: DeepUSPSConfig, dataset: Any, ckpt: Path, store: Any, name: str, overwrite: bool
 ) -> None:
     """The network maps of ``ckpt`` as round ``name`` (resumable; ``overwrite`` after retraining)."""
-    from usod.pipeline import write_label_round
+    from usod.pipeline import predict_settings, write_label_round
 
     write_label_round(
         dataset,
@@ -303,10 +284,7 @@ def _write_predictions(
         None,
         batch_size=config.batch_size,
         num_workers=config.num_workers,
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
+        **predict_settings(config),
         overwrite=overwrite,
         progress=False,
     )
