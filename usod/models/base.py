@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchmetrics import MeanMetric
 
 from usod.data.io import InvalidInputError
 from usod.metrics import SOD_KEYS, SODMetrics
@@ -29,6 +30,9 @@ class USODModule(pl.LightningModule):
 
     Evaluation shared by every module:
 
+    * :meth:`score_validation` (called by each module's ``validation_step`` with its saliency) updates
+      ``val_mae`` and the SOD metrics against the batch's ``mask``; ``on_validation_epoch_end`` logs
+      ``val_max_f``, ... ``val_s_measure`` once the validation set had masks;
     * ``test_step`` scores ``predict_step``'s saliency against the batch's ``mask`` with every SOD metric
       (weighted F included) and logs ``test_mae``, ``test_max_f``, ... ``test_w_f`` at the end of the test;
     * :meth:`log_sod_scores` logs a :class:`~usod.metrics.SODMetrics`' scores as ``<stage>_<key>`` and its
@@ -42,6 +46,11 @@ class USODModule(pl.LightningModule):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # metrics, not ``self.log(..., sync_dist=True)``: their states are reduced over DDP ranks, which stays
+        # exact when ranks score different numbers of images
+        self.val_mae = MeanMetric()
+        self.val_metrics = SODMetrics(weighted_f=False)
+        self._val_has_mask = False
         self.test_metrics = SODMetrics()
         self._test_has_mask = False
 
@@ -125,6 +134,40 @@ class USODModule(pl.LightningModule):
                 shown[key] = value[:n, :channels].detach().float().cpu()
         ids = batch.get("id") if isinstance(batch, dict) else None
         return log_panels(self._trainer, f"{stage}_panels", shown, ids=ids, max_samples=n)
+
+    # ------------------------------------------------------------------ validation
+    def score_validation(
+        self, batch: dict[str, Any], batch_idx: int, saliency: Tensor, image: Tensor | None = None
+    ) -> bool:
+        """Score a validation batch's ``saliency`` (Bx1xhxw in [0, 1]) against its ``mask``, if it has one.
+
+        Updates ``val_mae`` (on the float maps; logged as ``val_mae``) and the SOD metrics (logged at the
+        end of validation), and shows panels of ``image`` / prediction / mask. The mask is resized to the
+        saliency's size (bilinear).
+
+        Returns:
+            Whether the batch had a mask.
+        """
+        mask = batch.get("mask")
+        if mask is None:
+            return False
+        mask = mask.float()
+        if mask.shape[-2:] != saliency.shape[-2:]:
+            mask = F.interpolate(mask, size=saliency.shape[-2:], mode="bilinear", align_corners=False)
+        self.val_mae.update((saliency - mask).abs().mean(dim=(1, 2, 3)))
+        self.log("val_mae", self.val_mae, prog_bar=True, batch_size=saliency.shape[0])
+        self.val_metrics.update(saliency, mask)
+        self._val_has_mask = True
+        image = batch.get("image") if image is None else image
+        self.log_panels("val", batch_idx, batch, image=image, prediction=saliency, mask=mask)
+        return True
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the SOD metrics accumulated over the validation set (synchronised across ranks)."""
+        if self._val_has_mask:
+            # val_mae comes from score_validation (float maps); the rest from the quantised SOD metrics
+            self.log_sod_scores("val", self.val_metrics, skip=("mae",))
+        self._val_has_mask = False
 
     # ------------------------------------------------------------------ test
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -33,11 +33,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import MeanMetric
 
-from usod.metrics import SODMetrics
 from usod.models.adapter_transfer.torch_model import EncoderAdapters
 from usod.models.aux_input import batch_aux, check_aux_modality, flip_allowed
 from usod.models.base import USODModule
@@ -270,9 +267,6 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
         self.label_listeners: list[LabelListener] = []
         self.label_epoch: int | None = None
         self.last_updated_ids: list[str] = []
-        self.val_mae = MeanMetric()
-        self.val_metrics = SODMetrics(weighted_f=False)
-        self._val_has_mask = False
 
     # ------------------------------------------------------------------ structure
     def train(self, mode: bool = True) -> AdapterTransfer:
@@ -425,26 +419,8 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Score the adapted saliency against ``mask`` when the batch has one."""
-        mask = batch.get("mask")
-        if mask is None:
-            return
-        sal = self._batch_saliency(batch)
-        mask = mask.float()
-        if mask.shape[-2:] != sal.shape[-2:]:
-            mask = F.interpolate(mask, size=sal.shape[-2:], mode="bilinear")
-        self.val_mae.update((sal - mask).abs().mean(dim=(1, 2, 3)))
-        self.log("val_mae", self.val_mae, prog_bar=True, batch_size=sal.shape[0])
-        self.val_metrics.update(sal, mask)
-        self._val_has_mask = True
-        self.log_panels("val", batch_idx, batch, image=batch.get("image"), prediction=sal, mask=mask)
-
-    def on_validation_epoch_end(self) -> None:
-        """Log the SOD metrics accumulated over the validation set."""
-        if not self._val_has_mask:
-            return
-        # val_mae comes from validation_step (float maps); the rest from the quantised SOD metrics
-        self.log_sod_scores("val", self.val_metrics, skip=("mae",))
-        self._val_has_mask = False
+        if batch.get("mask") is not None:
+            self.score_validation(batch, batch_idx, self._batch_saliency(batch))
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Return ``{"id", "size", "saliency"}`` for ``usod predict`` and the pseudo-label writer."""

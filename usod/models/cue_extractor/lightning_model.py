@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from usod.metrics import SODMetrics
 from usod.models.aux_input import batch_aux, check_aux_modality, flip_allowed
 from usod.models.base import USODModule
 from usod.models.cue_extractor.loss import ADBLoss, PCLSDLoss
@@ -218,12 +217,9 @@ class CueExtractor(USODModule):
             if feature_cache
             else None
         )
-        self.val_mae = MeanMetric()
         # a metric, not ``self.log(..., sync_dist=True)``: its sum and count states are reduced over DDP
         # ranks, which stays exact when ranks score different numbers of images
         self.val_loss = MeanMetric()
-        self.val_metrics = SODMetrics(weighted_f=False)
-        self._val_has_mask = False
 
     # ------------------------------------------------------------------ helpers
     def forward(self, images: Tensor, aux: Tensor | None = None) -> CueExtractorOutput:
@@ -331,22 +327,7 @@ class CueExtractor(USODModule):
         bs = images.shape[0]
         self.val_loss.update(self._loss(out).detach(), weight=bs)
         self.log("val_loss", self.val_loss, batch_size=bs)
-        mask = batch.get("mask")
-        if mask is not None:
-            mask = mask.float()
-            if mask.shape[-2:] != out.saliency.shape[-2:]:
-                mask = F.interpolate(mask, size=out.saliency.shape[-2:], mode="bilinear")
-            self.val_mae.update((out.saliency - mask).abs().mean(dim=(1, 2, 3)))
-            self.log("val_mae", self.val_mae, prog_bar=True, batch_size=bs)
-            self.val_metrics.update(out.saliency, mask)
-            self._val_has_mask = True
-            self.log_panels("val", batch_idx, batch, image=images, prediction=out.saliency, mask=mask)
-
-    def on_validation_epoch_end(self) -> None:
-        """Log the SOD metrics accumulated over the validation set (synchronised across ranks)."""
-        if self._val_has_mask:
-            self.log_sod_scores("val", self.val_metrics, skip=("mae",))
-        self._val_has_mask = False
+        self.score_validation(batch, batch_idx, out.saliency, images)
 
     def predict_saliency(self, images: Tensor, aux: Tensor | None = None, allow_flip: bool = True) -> Tensor:
         """Bx1xHxW saliency in [0, 1] at the input size, flip-averaged if ``predict_flip`` (and allowed)."""

@@ -33,10 +33,8 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 
 from usod.distributed import rank_world
-from usod.metrics import SODMetrics
 from usod.models.base import USODModule
 from usod.models.deepusps.loss import FBetaLoss, binarize_targets
 from usod.models.deepusps.torch_model import DeepUSPSModel
@@ -130,9 +128,6 @@ class DeepUSPSRefiner(USODModule):
         self.mva_bank = LabelBank()
         #: Called on every rank after each epoch's MVA update as ``fn(module, epoch, updated_ids)``.
         self.label_listeners: list[Any] = []
-        self.val_mae = MeanMetric()
-        self.val_metrics = SODMetrics(weighted_f=False)
-        self._val_has_mask = False
 
     # ------------------------------------------------------------------ targets and MVA
     def training_targets(self, batch: dict[str, Any]) -> Tensor:
@@ -242,25 +237,9 @@ class DeepUSPSRefiner(USODModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """MAE and the SOD metrics against ``mask`` when the batch has one."""
-        mask = batch.get("mask")
-        if mask is None:
-            return
-        images = self._images(batch)
-        sal = torch.sigmoid(self.model(images).float())
-        mask = mask.float()
-        if mask.shape[-2:] != sal.shape[-2:]:
-            mask = F.interpolate(mask, size=sal.shape[-2:], mode="bilinear")
-        self.val_mae.update((sal - mask).abs().mean(dim=(1, 2, 3)))
-        self.log("val_mae", self.val_mae, prog_bar=True, batch_size=images.shape[0])
-        self.val_metrics.update(sal, mask)
-        self._val_has_mask = True
-        self.log_panels("val", batch_idx, batch, image=images, prediction=sal, mask=mask)
-
-    def on_validation_epoch_end(self) -> None:
-        """Log the SOD metrics accumulated over the validation set (synchronised across ranks)."""
-        if self._val_has_mask:
-            self.log_sod_scores("val", self.val_metrics, skip=("mae",))
-        self._val_has_mask = False
+        if batch.get("mask") is not None:
+            images = self._images(batch)
+            self.score_validation(batch, batch_idx, torch.sigmoid(self.model(images).float()), images)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Return ``{"id", "size", "saliency"}`` for the pseudo-label writer and ``usod predict``."""

@@ -40,10 +40,8 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 
 from usod.distributed import rank_world
-from usod.metrics import SODMetrics
 from usod.models.aux_input import batch_aux, check_aux_modality, flip_allowed
 from usod.models.base import USODModule
 from usod.models.saliency_detector.loss import BCESSIMIoULoss, IoUMultiScaleLoss
@@ -437,9 +435,6 @@ class SaliencyDetector(OnlineLabelTraining, USODModule):
         #: Epoch (0-based) whose end last applied label updates, and the ids it updated.
         self.label_epoch: int | None = None
         self.last_updated_ids: list[str] = []
-        self.val_mae = MeanMetric()
-        self.val_metrics = SODMetrics(weighted_f=False)
-        self._val_has_mask = False
 
     # ------------------------------------------------------------------ labels
     def export_labels(self, original_size: bool = False) -> dict[str, np.ndarray]:
@@ -521,27 +516,8 @@ class SaliencyDetector(OnlineLabelTraining, USODModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Score the saliency against ``mask`` when the batch has one."""
-        mask = batch.get("mask")
-        if mask is None:
-            return
-        images = self._images(batch)
-        sal = self._batch_saliency(batch)
-        mask = mask.float()
-        if mask.shape[-2:] != sal.shape[-2:]:
-            mask = F.interpolate(mask, size=sal.shape[-2:], mode="bilinear")
-        self.val_mae.update((sal - mask).abs().mean(dim=(1, 2, 3)))
-        self.log("val_mae", self.val_mae, prog_bar=True, batch_size=images.shape[0])
-        self.val_metrics.update(sal, mask)
-        self._val_has_mask = True
-        self.log_panels("val", batch_idx, batch, image=images, prediction=sal, mask=mask)
-
-    def on_validation_epoch_end(self) -> None:
-        """Log the SOD metrics accumulated over the validation set (synchronised across ranks)."""
-        if not self._val_has_mask:
-            return
-        # val_mae comes from validation_step (float maps); the rest from the quantised SOD metrics
-        self.log_sod_scores("val", self.val_metrics, skip=("mae",))
-        self._val_has_mask = False
+        if batch.get("mask") is not None:
+            self.score_validation(batch, batch_idx, self._batch_saliency(batch), self._images(batch))
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Return ``{"id", "size", "saliency"}`` for the pseudo-label writer."""

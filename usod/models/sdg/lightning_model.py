@@ -34,7 +34,6 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from usod.data.io import InvalidInputError
-from usod.metrics import SODMetrics
 from usod.models.base import USODModule
 from usod.models.sdg.loss import StructureLoss
 from usod.models.sdg.text import Vocabulary
@@ -198,10 +197,7 @@ class SDGCaptionGuided(USODModule):
         self._set_trainable()
         #: Branches holding trained weights: the phase's own and those loaded by ``init_from``.
         self.trained_branches: set[str] = set(_PHASE_BRANCHES[phase])
-        self.val_mae = MeanMetric()
         self.val_caption_loss = MeanMetric()
-        self.val_metrics = SODMetrics(weighted_f=False)
-        self._val_has_mask = False
         self._fix_untrained_modes()
 
     # ------------------------------------------------------------------ phases
@@ -412,25 +408,8 @@ class SDGCaptionGuided(USODModule):
                 self.val_caption_loss.update(sum(terms.values()))
                 self.log("val_caption_loss", self.val_caption_loss, prog_bar=True, batch_size=b)
             return
-        mask = batch.get("mask")
-        if mask is None:
-            return
-        sal = self.predict_saliency(images)
-        mask = mask.float()
-        if mask.shape[-2:] != sal.shape[-2:]:
-            mask = F.interpolate(mask, size=sal.shape[-2:], mode="bilinear", align_corners=False)
-        self.val_mae.update((sal - mask).abs().mean(dim=(1, 2, 3)))
-        self.log("val_mae", self.val_mae, prog_bar=True, batch_size=b)
-        self.val_metrics.update(sal, mask)
-        self._val_has_mask = True
-        self.log_panels("val", batch_idx, batch, image=images, prediction=sal, mask=mask)
-
-    def on_validation_epoch_end(self) -> None:
-        if not self._val_has_mask:
-            return
-        # val_mae comes from validation_step (float maps); the rest from the quantised SOD metrics
-        self.log_sod_scores("val", self.val_metrics, skip=("mae",))
-        self._val_has_mask = False
+        if batch.get("mask") is not None:
+            self.score_validation(batch, batch_idx, self.predict_saliency(images), images)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """``{"id", "size", "saliency"}`` for ``usod predict`` and the pseudo-label writer."""
