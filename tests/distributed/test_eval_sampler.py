@@ -40,6 +40,10 @@ def test_each_sample_on_one_rank_without_padding(datamodule: RGBDataModule) -> N
     _attach(datamodule, 2, 0)
     datamodule.train_set = datamodule.val_set
     assert datamodule.train_dataloader().sampler.__class__.__name__ == "RandomSampler"
+    # ... unless the module asks for fixed shards (a CueExtractor with its feature cache)
+    datamodule.trainer.lightning_module = SimpleNamespace(fixed_train_shards=True)
+    sampler = datamodule.train_dataloader().sampler
+    assert sampler.__class__.__name__ == "FixedShardSampler" and sampler.shard == [0, 2, 4]
 
 
 @pytest.mark.parametrize(

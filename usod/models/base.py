@@ -44,6 +44,15 @@ class USODModule(pl.LightningModule):
     #: Samples per panel of :meth:`log_panels`.
     num_panels: int = 4
 
+    @property
+    def fixed_train_shards(self) -> bool:
+        """Whether, under DDP, each rank should train on the same shard of the data every epoch.
+
+        ``True`` for modules with per-sample caches; the usod datamodules then train with a
+        :class:`~usod.data.datamodules.base.FixedShardSampler` instead of Lightning's reshuffling one.
+        """
+        return False
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # metrics, not ``self.log(..., sync_dist=True)``: their states are reduced over DDP ranks, which stays

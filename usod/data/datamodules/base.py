@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
 
 from usod.data.cache import CachedDataset
 from usod.data.datasets import get_dataset, get_dataset_class
@@ -30,6 +31,40 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+class FixedShardSampler(DistributedSampler):
+    """A training sampler for DDP in which every rank trains on the same shard of the data every epoch.
+
+    Rank ``r`` of ``R`` owns the samples ``r, r + R, r + 2R, ...`` for the whole run and visits them in a
+    new random order each epoch (``seed + epoch``); a rank with one sample fewer repeats one of its own, so
+    all ranks make the same number of steps. Each step still averages gradients over all ranks, i.e. over
+    samples from every shard.
+
+    Lightning's default, a ``DistributedSampler`` reshuffled over the whole set each epoch, hands every rank
+    different samples each epoch. Per-sample caches on the ranks (the frozen-encoder feature cache of
+    :class:`~usod.models.cue_extractor.CueExtractor`) then miss most of the time from the second epoch on
+    (with 8 ranks, 7 in 8 samples are new to a rank) and end up holding the whole set on every rank. With
+    fixed shards each rank caches ``1/R`` of the set and hits on every sample after the first epoch.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        size = len(dataset)  # type: ignore[arg-type]
+        if size < num_replicas:
+            raise ValueError(f"{size} samples cannot be sharded over {num_replicas} ranks")
+        self.shard = list(range(rank, size, num_replicas))
+        self.num_samples = -(-size // num_replicas)
+        self.total_size = self.num_samples * num_replicas
+
+    def __iter__(self):  # noqa: ANN204 - an iterator of indices, as DistributedSampler's
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = [self.shard[i] for i in torch.randperm(len(self.shard), generator=generator).tolist()]
+        order += order[: self.num_samples - len(order)]
+        return iter(order)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
 class SODDataModule(pl.LightningDataModule):
     """Data for unsupervised SOD: unlabelled training images, labelled evaluation images.
 
@@ -40,7 +75,9 @@ class SODDataModule(pl.LightningDataModule):
     when a pseudo-label directory is attached, ``pseudo``. Validation and test splits read ``mask``.
     Prediction runs over the training images by default (that is how pseudo labels are written).
     Under DDP, validation and test give each sample to exactly one rank (no padded repeats), so the metrics,
-    synchronised through their states, equal a single-process run.
+    synchronised through their states, equal a single-process run; training uses Lightning's reshuffled
+    ``DistributedSampler``, or a :class:`FixedShardSampler` when the LightningModule asks for fixed shards
+    (``fixed_train_shards``, e.g. a ``CueExtractor`` that caches its encoder features).
 
     Args:
         dataset: registered dataset name for training (see ``usod list datasets``).
@@ -258,6 +295,20 @@ class SODDataModule(pl.LightningDataModule):
             dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
         )
 
+    def _training_sampler(self, dataset: Dataset) -> Sampler | None:
+        """Under DDP, a :class:`FixedShardSampler` when the module asks for fixed shards; else ``None``."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if not getattr(connector, "use_distributed_sampler", True):
+            return None
+        if not getattr(getattr(trainer, "lightning_module", None), "fixed_train_shards", False):
+            return None
+        if len(dataset) < trainer.world_size:  # type: ignore[arg-type]
+            return None
+        return FixedShardSampler(dataset, trainer.world_size, trainer.global_rank, seed=self.seed)
+
     def use_pin_memory(self) -> bool:
         """``pin_memory``, with ``None`` resolved: pin when the trainer runs on a CUDA GPU."""
         if self.pin_memory is not None:
@@ -269,8 +320,10 @@ class SODDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset | None, shuffle: bool, evaluation: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError("setup() has not built this split yet")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         sampler = self._evaluation_sampler(dataset) if evaluation else None
+        if shuffle and (sampler := self._training_sampler(dataset)) is not None:
+            shuffle = False  # the sampler shuffles within its shard
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         extra = {"prefetch_factor": self.prefetch_factor} if self.num_workers > 0 else {}
         return DataLoader(
             dataset,

@@ -140,6 +140,8 @@ class CueExtractor(USODModule):
         lr_gamma: Decay factor.
         feature_cache: Compute encoder features once per image id and flip and reuse them every epoch. Only
             valid when the training transform is deterministic (resize only); see :class:`FeatureCache`.
+            Under DDP each rank then trains on a fixed shard of the images (``fixed_train_shards``), so it
+            caches only its share.
         feature_cache_dtype: ``"float16"``, ``"bfloat16"`` or ``"float32"``.
         feature_cache_max_gb: Optional cap on the cache size in GB (1e9 bytes).
         feature_cache_storage: ``"cpu"`` (host memory) or ``"device"`` (the memory of the device the encoder
@@ -220,6 +222,12 @@ class CueExtractor(USODModule):
         # a metric, not ``self.log(..., sync_dist=True)``: its sum and count states are reduced over DDP
         # ranks, which stays exact when ranks score different numbers of images
         self.val_loss = MeanMetric()
+
+    @property
+    def fixed_train_shards(self) -> bool:
+        """With the feature cache, each DDP rank trains on a fixed shard: it caches ``1/R`` of the images
+        and hits from the second epoch on (see :class:`~usod.data.datamodules.base.FixedShardSampler`)."""
+        return self.feature_cache is not None
 
     # ------------------------------------------------------------------ helpers
     def forward(self, images: Tensor, aux: Tensor | None = None) -> CueExtractorOutput:
