@@ -39,19 +39,16 @@ def free_port() -> int:
 
 def trainer(world: int, root: Path | None = None, **kwargs: Any) -> pl.Trainer:
     """A quiet CPU trainer: DDP over the existing gloo group when ``world > 1``, else one process."""
+    from tests.helpers.training import quiet_trainer
+
     defaults: dict[str, Any] = {
-        "accelerator": "cpu",
         "devices": world,
         "strategy": "ddp" if world > 1 else "auto",
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
         "num_sanity_val_steps": 0,
     }
     if root is not None:
         defaults["default_root_dir"] = str(root)
-    return pl.Trainer(**{**defaults, **kwargs})
+    return quiet_trainer(**{**defaults, **kwargs})
 
 
 def _log_writes(out: Path, rank: int) -> list[Any]:

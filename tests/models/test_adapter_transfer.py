@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from tests.helpers.training import quiet_trainer as trainer
 from usod.data.io import InvalidInputError
 from usod.labels import PseudoLabelStore
 from usod.models.adapter_transfer import AdapterTransfer, EncoderAdapters, ParallelAdapter, encoder_units
@@ -55,19 +55,6 @@ def make_samples(n: int = 4, flow: bool = False, pseudo: bool = False) -> list[d
             sample["pseudo"] = mask.clone()
         out.append(sample)
     return out
-
-
-def trainer(max_epochs: int = 1, **kwargs) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
 
 
 # ------------------------------------------------------------------------------------------ adapters

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 from torch.utils.data import DataLoader
 
+from tests.helpers.training import quiet_trainer as trainer
 from usod.labels import PseudoLabelStore
 from usod.models.saliency_detector import (
     BCESSIMIoULoss,
@@ -64,19 +64,6 @@ def make_samples(n: int = 4, with_mask: bool = False) -> list[dict]:
 
 def loader(samples: list[dict], batch_size: int = 4, shuffle: bool = False) -> DataLoader:
     return DataLoader(samples, batch_size=batch_size, shuffle=shuffle, num_workers=0)
-
-
-def trainer(max_epochs: int, **kwargs) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
 
 
 # ---------------------------------------------------------------------------------------------- network

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tests.helpers.training import quiet_trainer as trainer
 from usod.data.io import InvalidInputError
 from usod.models.sdg import (
     PVTSOD,
@@ -63,18 +63,6 @@ def tiny_captioner(vocab_size: int = 10, layers: int = 1, bidirectional: bool = 
     grid = GridEncoder(build_encoder(TINY["caption_backbone"]), d_model=16, image_size=SIZE)
     return CaptioningModel(
         grid, vocab_size, layers=layers, heads=2, max_length=8, bidirectional=bidirectional
-    )
-
-
-def trainer(**kwargs) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
     )
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tests.perf.tiny import MODULES, WARNINGS, build, samples, trainer
+from tests.helpers.training import quiet_trainer as trainer
+from tests.perf.tiny import MODULES, WARNINGS, build, samples
 from usod.callbacks import PerformanceOptions
 from usod.callbacks.performance import compile_targets, to_channels_last
 

@@ -10,7 +10,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from tests.perf.tiny import MODULES, SIZE, WARNINGS, build, samples, trainer
+from tests.helpers.training import quiet_trainer as trainer
+from tests.perf.tiny import MODULES, SIZE, WARNINGS, build, samples
 from usod.labels import PseudoLabelStore, PseudoLabelWriter
 
 pytestmark = [pytest.mark.filterwarnings(w) for w in WARNINGS]

@@ -43,18 +43,6 @@ def samples(n: int = 4, caption: bool = False) -> list[dict]:
     return out
 
 
-def trainer(**kwargs) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
-
-
 def build(name: str, tmp_path: Path) -> pl.LightningModule:
     """A tiny instance of every usod LightningModule."""
     torch.manual_seed(0)
