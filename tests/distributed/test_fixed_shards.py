@@ -1,4 +1,5 @@
-"""Fixed training shards under DDP: the sampler, and the CueExtractor feature cache holding only its shard."""
+"""Fixed training shards under DDP: the sampler, and the rank's caches (CueExtractor features, decoded
+images) holding only its shard."""
 
 from __future__ import annotations
 
@@ -52,7 +53,10 @@ class CacheLog(pl.Callback):
         self.epochs: list[list[str]] = []
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self.epochs.append(sorted({key[0] for key in module.feature_cache._entries}))
+        features = sorted({key[0] for key in module.feature_cache._entries})
+        train_set = trainer.datamodule.train_set  # a CachedDataset (cache_images=True)
+        images = sorted(train_set.dataset.ids[i] for i in train_set._cache)
+        self.epochs.append({"features": features, "images": images})
         self.path.write_text(json.dumps(self.epochs))
 
 
@@ -62,7 +66,13 @@ def cache_scenario(rank: int, world: int, out: Path, *, data: Path) -> None:
     module = CueExtractor(backbone=TINY, head_channels=8, lr_milestones=(), feature_cache=True)
     assert module.fixed_train_shards
     dm = RGBDataModule(
-        dataset="folder", root=str(data), image_size=64, batch_size=1, num_workers=0, augment=False
+        dataset="folder",
+        root=str(data),
+        image_size=64,
+        batch_size=1,
+        num_workers=0,
+        augment=False,
+        cache_images=True,
     )
     trainer(world, max_epochs=3, callbacks=[CacheLog(out / f"cache_rank{rank}.json")]).fit(
         module, datamodule=dm
@@ -78,4 +88,5 @@ def test_feature_cache_holds_only_the_ranks_shard(tmp_path: Path) -> None:
     for rank, epochs in enumerate(caches):
         assert len(epochs) == 3
         assert epochs[0] == epochs[1] == epochs[2], rank  # filled in epoch 1, only hits afterwards
-        assert epochs[0] == ids[rank::2], rank
+        # the frozen-encoder features and the decoded images (cache_images): the rank's shard only
+        assert epochs[0] == {"features": ids[rank::2], "images": ids[rank::2]}, rank

@@ -15,6 +15,7 @@ labels) are kept as they are.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -104,9 +105,11 @@ class CachedDataset(Dataset):
             packed = self._cache[index]
         return {k: _unpack(v) for k, v in packed.items()}
 
-    def fill(self, num_workers: int = 0) -> CachedDataset:
-        """Read and cache every sample not cached yet with ``num_workers`` decoding processes; return self."""
-        todo = [i for i in range(len(self)) if i not in self._cache]
+    def fill(self, num_workers: int = 0, indices: Sequence[int] | None = None) -> CachedDataset:
+        """Read and cache every sample (or those of ``indices``) not cached yet with ``num_workers``
+        decoding processes; return self."""
+        wanted = range(len(self)) if indices is None else indices
+        todo = [i for i in wanted if i not in self._cache]
         if not todo:
             return self
         subset = torch.utils.data.Subset(self.dataset, todo)

@@ -100,8 +100,8 @@ class SODDataModule(pl.LightningDataModule):
             the validation/test set always (filled as it is read, by each persistent worker for its
             share), the training set when its transform is deterministic (``augment=False`` or
             ``gpu_augment=True``; otherwise a warning says it is not cached), filled in :meth:`setup` with
-            ``num_workers`` processes. The cache holds what was read then: pseudo labels written later need
-            a new :meth:`setup`.
+            ``num_workers`` processes (under DDP with fixed training shards, only the rank's shard). The
+            cache holds what was read then: pseudo labels written later need a new :meth:`setup`.
         augment: random resized crop, flip and colour jitter in training; ``False`` gives resize only
             (required by frozen-encoder feature caching).
         crop_scale: area range of the random resized crop.
@@ -248,7 +248,11 @@ class SODDataModule(pl.LightningDataModule):
             )
             return dataset
         cached = CachedDataset(dataset)
-        return cached.fill(self.num_workers) if fill else cached
+        if not fill:
+            return cached
+        shard = self._fixed_shard(len(dataset))  # type: ignore[arg-type]
+        indices = None if shard is None else range(shard[0], len(dataset), shard[1])  # type: ignore[arg-type]
+        return cached.fill(self.num_workers, indices)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
@@ -295,19 +299,25 @@ class SODDataModule(pl.LightningDataModule):
             dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
         )
 
-    def _training_sampler(self, dataset: Dataset) -> Sampler | None:
-        """Under DDP, a :class:`FixedShardSampler` when the module asks for fixed shards; else ``None``."""
+    def _fixed_shard(self, size: int) -> tuple[int, int] | None:
+        """``(rank, world_size)`` when training runs on fixed shards (DDP, Lightning's distributed sampling
+        on, a module with ``fixed_train_shards``, at least one sample per rank); else ``None``."""
         trainer = self.trainer
-        if trainer is None or trainer.world_size <= 1:
+        if trainer is None or trainer.world_size <= 1 or size < trainer.world_size:
             return None
         connector = getattr(trainer, "_accelerator_connector", None)
         if not getattr(connector, "use_distributed_sampler", True):
             return None
         if not getattr(getattr(trainer, "lightning_module", None), "fixed_train_shards", False):
             return None
-        if len(dataset) < trainer.world_size:  # type: ignore[arg-type]
+        return trainer.global_rank, trainer.world_size
+
+    def _training_sampler(self, dataset: Dataset) -> Sampler | None:
+        """Under DDP, a :class:`FixedShardSampler` when the module asks for fixed shards; else ``None``."""
+        shard = self._fixed_shard(len(dataset))  # type: ignore[arg-type]
+        if shard is None:
             return None
-        return FixedShardSampler(dataset, trainer.world_size, trainer.global_rank, seed=self.seed)
+        return FixedShardSampler(dataset, shard[1], shard[0], seed=self.seed)
 
     def use_pin_memory(self) -> bool:
         """``pin_memory``, with ``None`` resolved: pin when the trainer runs on a CUDA GPU."""
