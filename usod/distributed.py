@@ -18,8 +18,20 @@ Lightning then takes over, so that the ranks can share out that step and wait fo
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-__all__ = ["barrier", "init_from_launcher", "is_rank_zero", "local_rank", "rank_world"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "barrier",
+    "collective_device",
+    "init_from_launcher",
+    "is_rank_zero",
+    "local_rank",
+    "rank_world",
+    "shard",
+]
 
 
 def _initialized() -> bool:
@@ -63,6 +75,25 @@ def is_rank_zero() -> bool:
 def local_rank() -> int:
     """This process's index on its node (``LOCAL_RANK``, ``SLURM_LOCALID``, else 0): its GPU."""
     return _env_int("LOCAL_RANK", "SLURM_LOCALID") or 0
+
+
+def shard(size: int) -> range:
+    """The indices ``rank, rank + world, ...`` of ``range(size)`` this process handles (all of them alone)."""
+    rank, world = rank_world()
+    return range(rank, size, world)
+
+
+def collective_device() -> torch.device:
+    """Where tensors of a collective (e.g. torchmetrics' state sync) must live: this rank's GPU under
+    NCCL, else the CPU."""
+    import torch
+
+    if _initialized():
+        import torch.distributed as dist
+
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", local_rank())
+    return torch.device("cpu")
 
 
 def barrier() -> None:

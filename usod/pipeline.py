@@ -25,8 +25,9 @@ and start the command as usual on one machine (Lightning starts a process per ex
 device with ``torchrun`` or ``srun`` (see ``examples/cli/``). Every training and prediction step then runs on
 all ranks: the label stores are written once per sample and the stage-2 label updates equal a 1-process
 run; the denseCRF post-processing is shared out over the ranks; checkpoints, manifests and the report are
-written by rank 0 (``OUT`` must be on a file system every node sees). The report (scoring, held-out
-evaluation, plots) runs on rank 0 alone.
+written by rank 0 (``OUT`` must be on a file system every node sees). The report's scoring and held-out
+evaluation are shared out too (each rank its share of the images, the metric states reduced); rank 0 writes
+it.
 """
 
 from __future__ import annotations
@@ -500,10 +501,15 @@ def write_stage2_predictions(config: PipelineConfig, ckpt: Path) -> Path:
     return result.store_root
 
 
-def score_round(config: PipelineConfig, round_name: str) -> dict[str, Any] | None:
-    """Scores of a pseudo-label round against the training images' ground truth (``None`` without it)."""
+def score_round(config: PipelineConfig, round_name: str, distributed: bool = False) -> dict[str, Any] | None:
+    """Scores of a pseudo-label round against the training images' ground truth (``None`` without it).
+
+    With ``distributed`` every rank of a DDP job must call this: each scores its share of the images and the
+    metric states are reduced, so every rank returns the scores of the whole round (equal to one process).
+    """
     from usod.data.datasets import get_dataset
     from usod.data.io import InvalidInputError
+    from usod.distributed import collective_device, shard
     from usod.labels import PseudoLabelStore
     from usod.metrics import SODMetrics
 
@@ -516,13 +522,14 @@ def score_round(config: PipelineConfig, round_name: str) -> dict[str, Any] | Non
     from usod.progress import progress_bar
 
     store = PseudoLabelStore(config.out / "labels")
-    metric = SODMetrics(sync_on_compute=False)  # one process scores (rank 0 in a DDP job)
-    indices = progress_bar(range(len(dataset.files)), desc=f"score {round_name}", unit="img")
-    for index in indices:
+    device = collective_device() if distributed else torch.device("cpu")
+    metric = SODMetrics(sync_on_compute=distributed).to(device)
+    todo = shard(len(dataset.files)) if distributed else range(len(dataset.files))
+    for index in progress_bar(todo, desc=f"score {round_name}", unit="img"):
         files = dataset.files[index]
         sample = dataset.load_raw(index)
-        label = store.read(files.id, round_name)
-        metric.update(torch.tensor(label)[None], torch.tensor(sample["mask"])[None])
+        label = torch.tensor(store.read(files.id, round_name), device=device)
+        metric.update(label[None], torch.tensor(sample["mask"], device=device)[None])
     scores = {k: float(v) if k != "n" else int(v) for k, v in metric.compute().items()}
     curves = {k: v.tolist() for k, v in metric.curves().items()}
     return {"scores": scores, "curves": curves}
@@ -538,6 +545,7 @@ def evaluate_checkpoint(
     num_workers: int = 2,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    distributed: bool = False,
 ) -> dict[str, Any]:
     """Score a usod checkpoint's predictions on a dataset with ground truth.
 
@@ -553,6 +561,8 @@ def evaluate_checkpoint(
         num_workers: DataLoader workers.
         device: Where the network runs.
         progress: Show a progress bar.
+        distributed: Every rank of a DDP job calls this and predicts its share of the images (on its own
+            ``device``); the metric states are reduced, so every rank returns the scores of the whole set.
 
     Returns:
         ``{"scores": {...}, "curves": {...}}`` as :func:`score_round`.
@@ -561,6 +571,7 @@ def evaluate_checkpoint(
 
     from usod.data.io import read_mask
     from usod.data.transforms import EvalTransform
+    from usod.distributed import collective_device, shard
     from usod.metrics import SODMetrics
     from usod.models.base import load_module, trained_image_size
     from usod.progress import progress_bar
@@ -569,8 +580,10 @@ def evaluate_checkpoint(
     size = image_size or trained_image_size(ckpt) or 320
     dataset.transform = EvalTransform(size)
     masks = {f.id: f.mask for f in dataset.files}
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    metric = SODMetrics(sync_on_compute=False)  # one process scores (rank 0 in a DDP job)
+    subset = torch.utils.data.Subset(dataset, shard(len(dataset))) if distributed else dataset
+    loader = DataLoader(subset, batch_size=batch_size, num_workers=num_workers)
+    metric_device = collective_device() if distributed else torch.device("cpu")
+    metric = SODMetrics(sync_on_compute=distributed).to(metric_device)
     for batch in progress_bar(loader, desc=f"evaluate {Path(ckpt).name}", unit="batch", enabled=progress):
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         saliency = model.predict_step(batch, 0)["saliency"].float().cpu()
@@ -578,14 +591,15 @@ def evaluate_checkpoint(
             mask = read_mask(masks[sample_id])
             pred = F.interpolate(saliency[i : i + 1], size=mask.shape, mode="bilinear", align_corners=False)
             pred = (pred[0].clamp(0, 1) * 255).round().to(torch.uint8)
-            metric.update(pred, torch.tensor(mask)[None])  # a copy: cached masks are read-only
+            # torch.tensor copies: cached masks are read-only
+            metric.update(pred.to(metric_device), torch.tensor(mask, device=metric_device)[None])
     scores = {k: float(v) if k != "n" else int(v) for k, v in metric.compute().items()}
     curves = {k: v.tolist() for k, v in metric.curves().items()}
     return {"scores": scores, "curves": curves}
 
 
 def _eval_device(accelerator: str) -> str:
-    """Where rank 0 evaluates: its GPU when the job trains on GPUs (or ``auto`` finds one), else the CPU."""
+    """Where a rank evaluates: its GPU when the job trains on GPUs (or ``auto`` finds one), else the CPU."""
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         from usod.distributed import local_rank
 
@@ -594,7 +608,10 @@ def _eval_device(accelerator: str) -> str:
 
 
 def evaluate_stages(config: PipelineConfig) -> dict[str, dict[str, Any]]:
-    """Scores of every trained stage on every held-out set: ``{"<set>/<stage>": result}``."""
+    """Scores of every trained stage on every held-out set: ``{"<set>/<stage>": result}``.
+
+    In a DDP job every rank calls this and evaluates its share of each set (see :func:`evaluate_checkpoint`).
+    """
     from usod.data.datasets import get_dataset
 
     results = {}
@@ -615,6 +632,7 @@ def evaluate_stages(config: PipelineConfig) -> dict[str, dict[str, Any]]:
                 batch_size=config.batch_size,
                 num_workers=config.num_workers,
                 device=_eval_device(config.accelerator),
+                distributed=True,
             )
     return results
 
@@ -671,19 +689,27 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
-def write_report(config: PipelineConfig, timings: dict[str, float]) -> dict[str, Any]:
-    """Score every label round, plot curves and a sample grid; write ``OUT/report/``."""
-    report_dir = config.out / "report"
-    report_dir.mkdir(parents=True, exist_ok=True)
+def write_report(config: PipelineConfig, timings: dict[str, float]) -> dict[str, Any] | None:
+    """Score every label round, plot curves and a sample grid; write ``OUT/report/``.
+
+    In a DDP job every rank calls this and scores its share of the images; rank 0 writes the report and
+    returns the summary, the other ranks return ``None``.
+    """
+    from usod.distributed import is_rank_zero
+
     rounds = [RAW_ROUND, LABEL_ROUND]
     if (config.out / "stage2.ckpt").is_file():
         rounds.append(STAGE2_ROUND)
-    results = {r: res for r in rounds if (res := score_round(config, r)) is not None}
+    results = {r: res for r in rounds if (res := score_round(config, r, distributed=True)) is not None}
     start = time.perf_counter()
     held_out = evaluate_stages(config)
     timings = dict(timings)
     if held_out:
         timings["eval"] = time.perf_counter() - start
+    if not is_rank_zero():
+        return None
+    report_dir = config.out / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
     summary = {
         "config": json.loads(json.dumps(asdict(config), default=str)),
         "timings_s": timings,
@@ -741,8 +767,6 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any] | None:
 
 
 def _run_steps(config: PipelineConfig) -> dict[str, Any] | None:
-    from usod.distributed import is_rank_zero
-
     timings: dict[str, float] = {}
     start = time.perf_counter()
     ckpt = train_stage1(config)
@@ -755,10 +779,10 @@ def _run_steps(config: PipelineConfig) -> dict[str, Any] | None:
         stage2 = train_stage2(config)
         write_stage2_predictions(config, stage2)
         timings["stage2"] = time.perf_counter() - start
-    if not is_rank_zero():
-        return None  # the report is rank 0's: scoring and plots are quick next to the training steps
     start = time.perf_counter()
-    summary = write_report(config, timings)
+    summary = write_report(config, timings)  # every rank scores its share; rank 0 writes
+    if summary is None:
+        return None
     summary["timings_s"]["report"] = time.perf_counter() - start
     return summary
 

@@ -2,7 +2,8 @@
 Lightning's own launcher) and the DeepUSPS driver.
 
 The ranks run every step (pipeline: stage 1, labels, CRF, stage 2, stage-2 predictions; DeepUSPS: handcrafted
-maps, refinement rounds, fusion, predictions); rank 0 alone writes the report.
+maps, refinement rounds, fusion, predictions) and scores its share of the images for the report (the metric
+states reduced: ``n`` would double if both ranks scored everything); rank 0 alone writes the report.
 As in ``test_modules_ddp``, results are made independent of how samples are split over ranks: learning rate
 0, batch size 1, no flips, one thread per process, 5 images (an uneven split on purpose).
 """

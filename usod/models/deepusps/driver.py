@@ -22,8 +22,8 @@ inspected (``usod evaluate --pred OUT/labels/rounds/<round>``).
 Several GPUs or nodes (``devices``, ``num_nodes``): call :func:`run_deepusps` in every process, as started
 by ``torchrun``/``srun`` or by Lightning (a script run once with ``devices > 1``; Lightning starts it again
 for the other devices). The handcrafted maps are shared out over the ranks, every network trains and
-predicts under DDP (each label written once, the moving averages equal to a 1-process run), and rank 0
-writes the checkpoints, the manifests and the report.
+predicts under DDP (each label written once, the moving averages equal to a 1-process run), the rounds are
+scored by all ranks, and rank 0 writes the checkpoints, the manifests and the report.
 """
 
 from __future__ import annotations
@@ -291,13 +291,16 @@ def _write_predictions(
 
 
 def score_rounds(config: DeepUSPSConfig, names: list[str]) -> dict[str, dict[str, float]]:
-    """Scores of store rounds against the training images' ground truth (empty without ground truth)."""
+    """Scores of store rounds against the training images' ground truth (empty without ground truth).
+
+    In a DDP job every rank calls this and scores its share of the images (the scores are of all of them).
+    """
     from usod.pipeline import PipelineConfig, score_round
 
     adapter = PipelineConfig(out=config.out, dataset=config.dataset, root=config.root, split=config.split)
     scores = {}
     for name in names:
-        result = score_round(adapter, name)
+        result = score_round(adapter, name, distributed=True)
         if result is None:
             return {}
         scores[name] = result["scores"]
@@ -369,11 +372,11 @@ def _run_steps(config: DeepUSPSConfig) -> dict[str, Any] | None:
     pl.seed_everything(config.seed, workers=True, verbose=False)
     fused, trained = timed("fusion", train_fusion, config, store)
     timed("fusion-predict", _write_predictions, config, dataset, fused, store, FUSED_ROUND, trained)
+    metrics = timed("report", score_rounds, config, round_names(config))  # every rank scores its share
     from usod.distributed import is_rank_zero
 
     if not is_rank_zero():
-        return None  # rank 0 scores the rounds and writes the report
-    metrics = timed("report", score_rounds, config, round_names(config))
+        return None  # rank 0 writes the report
     summary = {
         "config": json.loads(json.dumps(asdict(config), default=str)),
         "timings_s": timings,
