@@ -203,3 +203,23 @@ def test_report_plots_leave_the_matplotlib_backend_alone(tmp_path) -> None:
         assert (tmp_path / "curves.png").stat().st_size > 0
     finally:
         matplotlib.use(before)
+
+
+@pytest.mark.parametrize(
+    "accelerator,devices,local_rank,expected",
+    [
+        ("gpu", 4, "1", "cuda:1"),
+        ("gpu", [2, 3], "1", "cuda:3"),
+        ("gpu", "2,3", "0", "cuda:2"),
+        ("auto", 1, "0", "cuda:0"),
+        ("cpu", 2, "1", "cpu"),
+    ],
+)
+def test_held_out_evaluation_runs_on_the_ranks_training_device(
+    monkeypatch, accelerator, devices, local_rank, expected
+) -> None:
+    from usod.pipeline import _eval_device
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    assert _eval_device(accelerator, devices) == expected

@@ -598,12 +598,17 @@ def evaluate_checkpoint(
     return {"scores": scores, "curves": curves}
 
 
-def _eval_device(accelerator: str) -> str:
-    """Where a rank evaluates: its GPU when the job trains on GPUs (or ``auto`` finds one), else the CPU."""
+def _eval_device(accelerator: str, devices: int | str | list[int] = 1) -> str:
+    """Where a rank evaluates: the GPU it trained on when the job trains on GPUs (or ``auto`` finds one; with
+    ``devices`` a list or ``"2,3"``, the entry of its local rank), else the CPU."""
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         from usod.distributed import local_rank
 
-        return f"cuda:{local_rank()}"
+        ids = devices
+        if isinstance(ids, str) and "," in ids:
+            ids = [int(i) for i in ids.split(",") if i.strip()]
+        rank = local_rank()
+        return f"cuda:{ids[rank % len(ids)] if isinstance(ids, list) and ids else rank}"
     return "cpu"
 
 
@@ -631,7 +636,7 @@ def evaluate_stages(config: PipelineConfig) -> dict[str, dict[str, Any]]:
                 else config.image_size,
                 batch_size=config.batch_size,
                 num_workers=config.num_workers,
-                device=_eval_device(config.accelerator),
+                device=_eval_device(config.accelerator, config.devices),
                 distributed=True,
             )
     return results
