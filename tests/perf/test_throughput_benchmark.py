@@ -44,3 +44,21 @@ def test_throughput_benchmark_rejects_unknown_names() -> None:
     bench = load_benchmark()
     with pytest.raises(SystemExit):
         bench.parse_args(["--modules", "cue_extractor,unet"])
+
+
+def test_gpu_check_script_parses_and_passes_known_options(capsys) -> None:
+    """benchmarks/gpu_check.sh (the prepared GPU run): valid bash, every option one the benchmark takes."""
+    import re
+    import shutil
+    import subprocess
+
+    script = SCRIPT.parent / "gpu_check.sh"
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("needs bash")
+    subprocess.run([bash, "-n", str(script)], check=True)
+    with pytest.raises(SystemExit):
+        load_benchmark().parse_args(["--help"])
+    known = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", capsys.readouterr().out))
+    used = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", script.read_text()))
+    assert {"--device", "--compile", "--json"} <= used <= known, sorted(used - known)
