@@ -87,50 +87,63 @@ def _labels(store: PseudoLabelStore, name: str) -> dict[str, np.ndarray]:
     return {sid: store.read(sid, name) for sid in sorted(store.finished_ids(name))}
 
 
+def compare_with_one_process(
+    ddp: Path, single: Path, data: Path, rounds: list[str], shared_round: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checks of a driver's 2-rank run against its 1-process run; returns both summaries (rank 0's, 1's).
+
+    The same rounds, complete, in order; equal labels (not in the ``*-pred`` rounds: prediction runs in eval
+    mode on BatchNorm running statistics, which the lr-0 training forwards still update, in another order on
+    2 ranks than on 1); every label written once; ``shared_round``'s work split 3 + 2 over the ranks;
+    manifests and checkpoints by rank 0; rank 1 returns no summary.
+    """
+    ids = [p.stem for p in sorted((data / "images").iterdir())]
+    got_store, want_store = (
+        PseudoLabelStore(ddp / "run" / "labels"),
+        PseudoLabelStore(single / "run" / "labels"),
+    )
+    assert [r["name"] for r in want_store.rounds()] == rounds
+    assert [r["name"] for r in got_store.rounds()] == rounds
+    assert all(r["complete"] for r in got_store.rounds())
+    for name in rounds:
+        got, want = _labels(got_store, name), _labels(want_store, name)
+        assert sorted(got) == sorted(want) == ids, name
+        if not name.endswith("-pred"):
+            for sid in ids:
+                np.testing.assert_array_equal(got[sid], want[sid], err_msg=f"round {name}, {sid}")
+
+    writes = read_writes(ddp)
+    labels = [path for _, kind, path in writes if kind == "label"]
+    assert len(labels) == len(set(labels)) == len(rounds) * N_IMAGES
+    shared = str((ddp / "run" / "labels" / "rounds" / shared_round).resolve())
+    shares = Counter(rank for rank, kind, path in writes if kind == "label" and path.startswith(shared + "/"))
+    assert shares == {0: 3, 1: 2}
+    assert {(rank, kind) for rank, kind, _ in writes if kind != "label"} == {
+        (0, "manifest"),
+        (0, "checkpoint"),
+    }
+    assert json.loads((ddp / "summary_rank1.json").read_text()) is None
+    got = json.loads((ddp / "summary_rank0.json").read_text())
+    return got, json.loads((single / "summary_rank0.json").read_text())
+
+
 @pytest.mark.slow
 def test_pipeline_on_two_ranks_equals_one_process(tmp_path: Path, data: Path) -> None:
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     run_ddp(scenario, ddp, data=data)
     run_single(scenario, single, data=data)
-    ids = [p.stem for p in sorted((data / "images").iterdir())]
-
-    # the same rounds, complete, in the same order; the same current round
+    rounds = ["stage1-raw", "stage1", "stage2-epoch0", "stage2-epoch1", "stage2-pred"]
+    # the CRF is the work shared out over the ranks
+    got, want = compare_with_one_process(ddp, single, data, rounds, shared_round="stage1")
     got_store, want_store = (
         PseudoLabelStore(ddp / "run" / "labels"),
         PseudoLabelStore(single / "run" / "labels"),
     )
-    rounds = [r["name"] for r in want_store.rounds()]
-    assert rounds == ["stage1-raw", "stage1", "stage2-epoch0", "stage2-epoch1", "stage2-pred"]
-    assert [r["name"] for r in got_store.rounds()] == rounds
-    assert all(r["complete"] for r in got_store.rounds())
     assert got_store.current_round() == want_store.current_round() == "stage2-pred"
-    # Equal labels. Not stage2-pred: prediction runs in eval mode on BatchNorm running statistics, which
-    # the (lr 0) training forwards still update, in another order on 2 ranks than on 1.
-    for name in rounds:
-        got, want = _labels(got_store, name), _labels(want_store, name)
-        assert sorted(got) == sorted(want) == ids, name
-        if name != "stage2-pred":
-            for sid in ids:
-                np.testing.assert_array_equal(got[sid], want[sid], err_msg=f"round {name}, {sid}")
-
-    # every label written once; the CRF shared out over both ranks; manifests and checkpoints by rank 0
-    writes = read_writes(ddp)
-    labels = [path for _, kind, path in writes if kind == "label"]
-    assert len(labels) == len(set(labels)) == len(rounds) * N_IMAGES
-    crf_dir = str((ddp / "run" / "labels" / "rounds" / "stage1").resolve())
-    crf = Counter(rank for rank, kind, path in writes if kind == "label" and path.startswith(crf_dir + "/"))
-    assert crf == {0: 3, 1: 2}
-    assert {(rank, kind) for rank, kind, _ in writes if kind != "label"} == {
-        (0, "manifest"),
-        (0, "checkpoint"),
-    }
     assert not [w for w in read_warnings(ddp) if "sync_dist" in w]
 
     # rank 0 reports (rank 1 returns None); the scores that do not involve stage 2's running statistics
     # equal the 1-process report
-    got = json.loads((ddp / "summary_rank0.json").read_text())
-    assert json.loads((ddp / "summary_rank1.json").read_text()) is None
-    want = json.loads((single / "summary_rank0.json").read_text())
     assert set(got["metrics"]) == set(want["metrics"]) and set(got["eval"]) == set(want["eval"])
     for section, name in (("metrics", "stage1-raw"), ("metrics", "stage1"), ("eval", "heldout/stage1")):
         for key, value in want[section][name].items():
@@ -241,39 +254,9 @@ def test_deepusps_on_two_ranks_equals_one_process(tmp_path: Path, data: Path) ->
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     run_ddp(deepusps_scenario, ddp, data=data)
     run_single(deepusps_scenario, single, data=data)
-    ids = [p.stem for p in sorted((data / "images").iterdir())]
-
-    got_store, want_store = (
-        PseudoLabelStore(ddp / "run" / "labels"),
-        PseudoLabelStore(single / "run" / "labels"),
-    )
-    rounds = [r["name"] for r in want_store.rounds()]
-    assert rounds == ["hc-rbd", "rbd-r0-mva", "rbd-r0-pred", "rbd-r1-mva", "rbd-r1-pred", "fused-pred"]
-    assert [r["name"] for r in got_store.rounds()] == rounds
-    assert all(r["complete"] for r in got_store.rounds())
-    # handcrafted maps and moving averages (from training forwards) equal; the *-pred rounds are made in
-    # eval mode on BatchNorm running statistics, which depend on the order of the (lr 0) training forwards
-    for name in rounds:
-        got, want = _labels(got_store, name), _labels(want_store, name)
-        assert sorted(got) == sorted(want) == ids, name
-        if not name.endswith("-pred"):
-            for sid in ids:
-                np.testing.assert_array_equal(got[sid], want[sid], err_msg=f"round {name}, {sid}")
-
-    writes = read_writes(ddp)
-    labels = [path for _, kind, path in writes if kind == "label"]
-    assert len(labels) == len(set(labels)) == len(rounds) * N_IMAGES
-    hc_dir = str((ddp / "run" / "labels" / "rounds" / "hc-rbd").resolve())
-    shares = Counter(rank for rank, kind, path in writes if kind == "label" and path.startswith(hc_dir + "/"))
-    assert shares == {0: 3, 1: 2}  # the handcrafted maps shared out over the ranks
-    assert {(rank, kind) for rank, kind, _ in writes if kind != "label"} == {
-        (0, "manifest"),
-        (0, "checkpoint"),
-    }
-
-    got = json.loads((ddp / "summary_rank0.json").read_text())
-    assert json.loads((ddp / "summary_rank1.json").read_text()) is None
-    want = json.loads((single / "summary_rank0.json").read_text())
+    rounds = ["hc-rbd", "rbd-r0-mva", "rbd-r0-pred", "rbd-r1-mva", "rbd-r1-pred", "fused-pred"]
+    # the handcrafted maps are the work shared out over the ranks
+    got, want = compare_with_one_process(ddp, single, data, rounds, shared_round="hc-rbd")
     assert set(got["metrics"]) == set(want["metrics"]) == set(rounds)
     for name in ("hc-rbd", "rbd-r0-mva", "rbd-r1-mva"):
         for key, value in want["metrics"][name].items():

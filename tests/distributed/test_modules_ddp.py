@@ -313,20 +313,8 @@ def test_cue_extractor_metrics_and_files(tmp_path: Path, data: Path) -> None:
 
 def test_sdg_fused_metrics_and_files(tmp_path: Path, data: Path) -> None:
     def make() -> Any:
-        from usod.models.sdg import SDGCaptionGuided, Vocabulary
+        from tests.helpers.models import tiny_sdg
 
-        return SDGCaptionGuided(
-            phase="fused",
-            vocab=Vocabulary.build(["a red square", "a blue star"]).tokens,
-            backbone={"name": "pvt_v2_b0", "weights": "none"},
-            caption_backbone={"name": "mobilenetv3_small_050", "weights": "none", "out_indices": [4]},
-            caption_image_size=SIZE,
-            decoder_dim=16,
-            text_dim=16,
-            text_layers=1,
-            text_heads=2,
-            max_caption_length=6,
-            lr=0.0,
-        )
+        return tiny_sdg(["a red square", "a blue star"], SIZE, max_caption_length=6, lr=0.0)
 
     check(tmp_path, data, make_model=make)

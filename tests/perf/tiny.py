@@ -59,20 +59,9 @@ def build(name: str, tmp_path: Path) -> pl.LightningModule:
 
         return DeepUSPSRefiner(backbone=TINY, channels=8, crf={"n_iters": 1})
     if name == "sdg":
-        from usod.models.sdg import SDGCaptionGuided, Vocabulary
+        from tests.helpers.models import tiny_sdg
 
-        return SDGCaptionGuided(
-            phase="fused",
-            vocab=Vocabulary.build(["a red square on the left"]).tokens,
-            backbone={"name": "pvt_v2_b0", "weights": "none"},
-            caption_backbone={"name": "mobilenetv3_small_050", "weights": "none", "out_indices": [4]},
-            caption_image_size=SIZE,
-            decoder_dim=16,
-            text_dim=16,
-            text_layers=1,
-            text_heads=2,
-            max_caption_length=4,
-        )
+        return tiny_sdg(["a red square on the left"], SIZE, max_caption_length=4)
     if name == "adapter_transfer":
         from usod.models.adapter_transfer import AdapterTransfer
         from usod.models.saliency_detector import SaliencyDetector
