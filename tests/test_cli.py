@@ -128,6 +128,30 @@ def test_lightning_cli_fits_and_predict_command_writes_maps(tmp_path) -> None:
         assert (out / "overlay" / f"{image_path.stem}.jpg").is_file()
 
 
+def test_unreadable_images_are_named_in_one_line_and_predict_writes_the_rest(tmp_path, capsys) -> None:
+    config = _tiny_experiment(tmp_path)
+    images = sorted((tmp_path / "data" / "images").glob("*.jpg"))
+    broken = images[1]
+    broken.write_bytes(b"not an image")
+    # Training: the worker's error reaches the user as one line naming the file (not a worker traceback).
+    assert main(["fit", "--config", str(config), "--data.init_args.num_workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{broken}: not a readable image" in err and "Traceback" not in err
+    # Prediction: every other map is written, the broken file is reported, the exit status says so.
+    images[0].write_bytes(b"")
+    from usod.models.base import save_module
+    from usod.models.cue_extractor import CueExtractor
+
+    ckpt = save_module(CueExtractor(backbone={"name": "resnet18", "weights": "none"}), tmp_path / "m.ckpt")
+    out = tmp_path / "pred"
+    argv = ["predict", "--ckpt", str(ckpt), "--input", str(broken.parent), "--output", str(out)]
+    assert main([*argv, "--num-workers", "1", "--batch-size", "2", "--image-size", "32"]) == 1
+    captured = capsys.readouterr()
+    assert "skipped 2 unreadable input(s)" in captured.err
+    assert f"{broken}: not a readable image" in captured.err and "file is empty" in captured.err
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(p.stem for p in images[2:])
+
+
 @pytest.mark.parametrize("name", ["cpu", "gpu", "ddp"])
 def test_trainer_configs_parse(name: str) -> None:
     config = yaml.safe_load((REPO / f"configs/trainer/{name}.yaml").read_text())

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -114,8 +114,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS and not _is_folder_predict(argv):
-        lightning_main(argv)
-        return 0
+        return _run_reporting_user_errors(lambda: lightning_main(argv))
     if _is_folder_predict(argv):
         path: tuple[str, ...] = ("predict",)
         module_name, help_text = FOLDER_PREDICT
@@ -133,8 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog="usod " + " ".join(path), description=help_text)
     module.add_arguments(sub)
     args = sub.parse_args(argv[len(path) :])
+    return _run_reporting_user_errors(lambda: module.run(args))
+
+
+def _run_reporting_user_errors(command: Callable[[], int | None]) -> int:
+    """Run a command; errors in the user's input become one line on stderr and exit status 2."""
     try:
-        return int(module.run(args) or 0)
+        return int(command() or 0)
     except _user_errors() as err:
         print(f"usod: error: {err}", file=sys.stderr)
         return 2

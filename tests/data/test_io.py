@@ -114,6 +114,28 @@ def test_missing_file(tmp_path: Path) -> None:
     assert isinstance(InvalidInputError("p", "q"), ValueError)
 
 
+def test_invalid_input_error_survives_pickling_and_dataloader_workers(tmp_path: Path) -> None:
+    import pickle
+
+    from torch.utils.data import DataLoader
+
+    from usod.data.io import LayoutError
+
+    errors = (InvalidInputError("a/b.jpg", "file is empty"), LayoutError("/r", "expected images/\nfound x"))
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert (type(copy), copy.path, copy.problem, str(copy)) == (
+            type(error), error.path, error.problem, str(error)
+        )  # fmt: skip
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"junk")
+    # A worker's error is re-raised in the main process with its type, file and problem (not a RuntimeError).
+    with pytest.raises(InvalidInputError) as exc:
+        next(iter(DataLoader([broken], batch_size=1, num_workers=1, collate_fn=lambda b: read_image(b[0]))))
+    assert exc.value.path == broken and exc.value.problem.startswith("not a readable image")
+    assert str(exc.value) == f"{broken}: {exc.value.problem}"
+
+
 def test_mask_clean_and_antialiased(tmp_path: Path) -> None:
     m = make_mask()
     out, fixes = read_mask_checked(save(tmp_path / "m.png", m))

@@ -2,7 +2,9 @@
 
 Works with every usod module checkpoint (their ``predict_step`` returns ``{"id", "size", "saliency"}``).
 Maps are written as 8-bit PNGs at each image's original size, with the image's relative path and stem
-(video frames as ``frame_00000.png``...); ``--overlay`` also writes the map blended over the image.
+(video frames as ``frame_00000.png``...); ``--overlay`` also writes the map blended over the image. An
+image (or auxiliary image) that cannot be decoded is skipped: the other maps are written, the skipped files
+are listed with their problem at the end and the command exits with status 1.
 
 ``--captions`` (models that caption images, e.g. ``SDGCaptionGuided``) also writes the generated caption as
 ``<id>.txt`` and one word attention map per generated word as ``<id>_attn/<j>_<word>.png`` (``j`` from 01,
@@ -18,6 +20,7 @@ mirroring the input (same relative paths and stems, any image extension).
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,17 +63,31 @@ class ImagePaths(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """The transformed sample, or ``{"id", "unreadable"}`` for a file that cannot be decoded."""
         path = self.paths[index]
-        image = read_image(path)
         sample_id = path.relative_to(self.root).with_suffix("").as_posix()
-        sample = {"image": image, "id": sample_id, "size": image.shape[:2]}
-        if self.aux is not None:
-            from usod.data import io
+        try:
+            image = read_image(path)
+            sample = {"image": image, "id": sample_id, "size": image.shape[:2]}
+            if self.aux is not None:
+                from usod.data import io
 
-            key, files = self.aux
-            read = {"depth": io.read_depth, "thermal": io.read_thermal}.get(key, read_image)
-            sample[key] = read(files[sample_id])
+                key, files = self.aux
+                read = {"depth": io.read_depth, "thermal": io.read_thermal}.get(key, read_image)
+                sample[key] = read(files[sample_id])
+        except InvalidInputError as err:
+            return {"id": sample_id, "unreadable": str(err)}
         return self.transform(sample)
+
+
+def collate_readable(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collate the readable samples; the others' errors go to ``batch["unreadable"]`` (a list of str)."""
+    from torch.utils.data import default_collate
+
+    good = [s for s in samples if "unreadable" not in s]
+    batch: dict[str, Any] = default_collate(good) if good else {"id": []}
+    batch["unreadable"] = [s["unreadable"] for s in samples if "unreadable" in s]
+    return batch
 
 
 def aux_inputs(
@@ -222,7 +239,9 @@ def run(args: argparse.Namespace) -> int:
         aux = aux_inputs(model, args.input, args.aux_dir, flow_cache)
         dataset: Dataset = ImagePaths(args.input, transform, aux)
         image_path = {p.relative_to(args.input).with_suffix("").as_posix(): p for p in dataset.paths}
-        loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers)
+        loader = DataLoader(
+            dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_readable
+        )
     elif args.input.suffix.lower() in VIDEO_EXTENSIONS:
         if str(getattr(model, "hparams", {}).get("aux_modality", "none")) != "none":
             raise InvalidInputError(
@@ -240,8 +259,12 @@ def run(args: argparse.Namespace) -> int:
         post = (postprocess, PostProcessConfig())
     args.output.mkdir(parents=True, exist_ok=True)
     written = 0
+    unreadable: list[str] = []
     with torch.inference_mode():
         for batch in progress_bar(loader, desc="predict", unit="batch", total=len(loader)):
+            unreadable += batch.pop("unreadable", [])
+            if not batch["id"]:
+                continue
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             saliency = model.predict_step(batch, 0)["saliency"].float()
             described = model.describe(batch["image"]) if args.captions else None
@@ -272,6 +295,12 @@ def run(args: argparse.Namespace) -> int:
                     _write_caption(args.output, sample_id, described[i], (h, w))
                 written += 1
     print(f"wrote {written} saliency maps to {args.output}")
+    if unreadable:
+        # The other maps are written; report every skipped file and fail so that scripts notice.
+        print(f"usod predict: skipped {len(unreadable)} unreadable input(s):", file=sys.stderr)
+        for problem in unreadable:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -43,10 +44,20 @@ class InvalidInputError(ValueError):
         problem: What is wrong with it, in words.
     """
 
-    def __init__(self, path: str | Path, problem: str) -> None:
+    def __init__(self, path: str | Path, problem: str | None = None) -> None:
+        if problem is None:
+            # One argument: unpickling, or the main process re-raising an error of a DataLoader worker as
+            # ``InvalidInputError(message)`` (the message ends with the worker's traceback, whose last
+            # entry is ``usod.data.io.InvalidInputError: <path>: <problem>``). Recover path and problem.
+            message = str(path)
+            found = list(re.finditer(r"^[\w.]*(?:InvalidInputError|LayoutError): ", message, re.MULTILINE))
+            tail = message[found[-1].end() :] if found else message
+            path, _, problem = tail.strip().partition(": ")
+            if not problem:
+                path, problem = "", tail.strip()
         self.path = Path(path)
         self.problem = problem
-        super().__init__(f"{path}: {problem}")
+        super().__init__(f"{path}: {problem}" if str(path) else problem)
 
 
 class LayoutError(InvalidInputError):
