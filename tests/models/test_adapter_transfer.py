@@ -262,10 +262,17 @@ def test_cue_extractor_base_is_tuned_with_its_own_stage1_loss(tmp_path: Path) ->
     ckpt = save_module(CueExtractor(backbone=TINY, head_channels=8, feature_cache=True), tmp_path / "s1.ckpt")
     module = AdapterTransfer(base=str(ckpt))
     assert not module.is_detector and module.hparams.base_hparams["feature_cache"] is False
+    # Training drops half the pixels in the stage-1 loss (A2S Sec. III-A) while the base network stays in eval.
+    module.train()
+    assert module.base.loss_fn.training and module.base.loss_fn.drop_ratio == 0.5
+    assert not module.base.training and not module.base.model.training
+    module.eval()
+    assert not module.base.loss_fn.training
     batch = next(iter(DataLoader(make_samples(4), batch_size=4)))
     with torch.no_grad():
         before = module.base.loss_fn(module._raw(batch["image"], None).all_thetas)
     trainer(8).fit(module, DataLoader(make_samples(4), batch_size=4))
+    module.eval()
     with torch.no_grad():
         after = module.base.loss_fn(module._raw(batch["image"], None).all_thetas)
     assert after < before

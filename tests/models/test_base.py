@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
+from torch.utils.data import DataLoader
 
-from usod.models.base import CLASS_KEY, load_module, save_module
+from usod.models.base import CLASS_KEY, USODModule, load_module, save_module
 from usod.models.saliency_detector import SaliencyDetector
 
 TINY = {"name": "test_resnet", "weights": "none"}
@@ -27,3 +30,50 @@ def test_save_module_round_trips_through_load_module(tmp_path: Path) -> None:
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), module(images), rtol=0, atol=0)
+
+
+class _Recorder(USODModule):
+    """One parameter; records the training progress and learning rate of every training step."""
+
+    def __init__(self, milestones: tuple[float, ...] = (0.6, 0.8)) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+        self.milestones = milestones
+        self.seen: list[tuple[int, int, float, float]] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.seen.append((self.current_epoch, self.global_step, self.training_progress(), lr))
+        return (self.weight * batch).sum()
+
+    def configure_optimizers(self) -> Any:
+        return self.step_decay(torch.optim.SGD([self.weight], lr=1.0), self.milestones, 0.1)
+
+
+def _fit(module: _Recorder, **trainer_args: Any) -> list[tuple[int, int, float, float]]:
+    from tests.helpers.training import quiet_trainer
+
+    quiet_trainer(**trainer_args).fit(module, DataLoader(torch.ones(2, 1), batch_size=1))
+    return module.seen
+
+
+def test_progress_counts_epochs_from_one_and_lr_drops_after_the_milestone_epochs() -> None:
+    seen = _fit(_Recorder(), max_epochs=5)
+    # 2 steps per epoch; epoch e (from 0) is at progress (e + 1) / 5, as the A2S code's epoch / E with epoch 1..E
+    assert [p for _, _, p, _ in seen[::2]] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    # milestones round(0.6 * 5) = 3 and 4: the 4th and 5th epochs run at 0.1x and 0.01x
+    assert [lr for _, _, _, lr in seen[::2]] == pytest.approx([1.0, 1.0, 1.0, 0.1, 0.01])
+
+
+def test_progress_and_decay_follow_max_steps_without_max_epochs() -> None:
+    seen = _fit(_Recorder(milestones=(0.5,)), max_epochs=-1, max_steps=6)
+    assert [p for _, _, p, _ in seen] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0])
+    assert [lr for _, _, _, lr in seen] == pytest.approx([1.0, 1.0, 1.0, 0.1, 0.1, 0.1])
+
+
+def test_no_finite_end_keeps_the_rate_and_says_so() -> None:
+    module = _Recorder()
+    assert module.training_progress() == 0.0  # no trainer
+    with pytest.warns(UserWarning, match="neither max_epochs nor max_steps"):
+        _fit(module, max_epochs=-1, max_steps=-1, max_time={"seconds": 1}, limit_train_batches=1)
+    assert {lr for _, _, _, lr in module.seen} == {1.0}

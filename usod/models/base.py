@@ -213,6 +213,60 @@ class USODModule(pl.LightningModule):
         if isinstance(hparams, dict) and "_class_path" not in hparams:
             hparams["_class_path"] = class_path
 
+    # ------------------------------------------------------------------ schedules
+
+    def _training_length(self) -> tuple[str, int] | None:
+        """``("epoch", max_epochs)``, else ``("step", max_steps)``, else ``None`` (no finite end)."""
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        max_epochs = getattr(trainer, "max_epochs", None)
+        if max_epochs is not None and max_epochs > 0:
+            return "epoch", int(max_epochs)
+        max_steps = getattr(trainer, "max_steps", -1)
+        if max_steps is not None and max_steps > 0:
+            return "step", int(max_steps)
+        return None
+
+    def training_progress(self) -> float:
+        """How far training is, in (0, 1]: ``(epoch + 1) / max_epochs`` during an epoch.
+
+        The epoch is counted from 1, as the training loops of the A2S code count it (their PCL-SD threshold
+        is ``0.2 - 0.6 * epoch / E`` with ``epoch`` in 1..E). A trainer stopped by ``max_steps`` only
+        (``max_epochs=-1``) gives ``(global_step + 1) / max_steps``; without a trainer or a finite end, 0.
+        """
+        length = self._training_length()
+        if length is None:
+            return 0.0
+        unit, total = length
+        done = self.current_epoch if unit == "epoch" else self.trainer.global_step
+        return min(1.0, (done + 1) / total)
+
+    def step_decay(
+        self, optimizer: torch.optim.Optimizer, milestones: Any, gamma: float
+    ) -> torch.optim.Optimizer | dict[str, Any]:
+        """``optimizer`` with a step decay by ``gamma`` at ``milestones`` (fractions of training).
+
+        With ``max_epochs`` the milestones are epochs ``round(f * max_epochs)`` (at least 1) and the rate is
+        decayed after that many epochs, as ``MultiStepLR`` stepped at the end of every epoch in the A2S code
+        (``sche.step()`` after each epoch); with ``max_steps`` only, they are optimizer steps. Without a
+        finite end (or without milestones) the rate stays constant.
+        """
+        length = self._training_length()
+        if length is None or not milestones:
+            if milestones and self._trainer is not None:
+                from pytorch_lightning.utilities import rank_zero_warn
+
+                rank_zero_warn(
+                    f"{type(self).__name__}: the trainer has neither max_epochs nor max_steps, so the "
+                    f"learning-rate milestones {list(milestones)} (fractions of training) are not applied"
+                )
+            return optimizer
+        unit, total = length
+        steps = sorted({max(1, round(float(f) * total)) for f in milestones})
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=steps, gamma=gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": unit}}
+
     def compile_targets(self) -> list[torch.nn.Module]:
         """The sub-modules :class:`~usod.callbacks.PerformanceOptions` compiles with ``torch.compile``.
 

@@ -132,7 +132,7 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
         spr_weights: ``(l1, l2, l3)`` of ``G_ref = l1 R_pri + l2 R_post + l3 G_pre`` (normalised).
         spr_warmup_epochs: Epochs without SPR updates.
         olr_lambda: ``lambda`` of OLR after its warm-up.
-        olr_warmup_epochs: Epochs with ``lambda = 1``.
+        olr_warmup_epochs: Epochs with ``lambda = 1`` (2, as in A2S and :class:`SaliencyDetector`).
         hflip: Random horizontal flips made by the module (never with flow).
         predict_flip: Average predictions with those of the mirrored input (never with flow).
         optimizer: ``"adam"`` (default) or ``"sgd"`` (Nesterov, momentum 0.9).
@@ -156,7 +156,7 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
         spr_weights: Sequence[float] = (0.1, 0.7, 0.2),
         spr_warmup_epochs: int = 1,
         olr_lambda: float = 0.4,
-        olr_warmup_epochs: int = 1,
+        olr_warmup_epochs: int = 2,
         hflip: bool = True,
         predict_flip: bool = False,
         optimizer: Literal["adam", "sgd"] = "adam",
@@ -270,9 +270,16 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
 
     # ------------------------------------------------------------------ structure
     def train(self, mode: bool = True) -> AdapterTransfer:
-        """Set train/eval mode on the adapters; the frozen base always stays in eval mode."""
+        """Set train/eval mode on the adapters; the frozen base network always stays in eval mode.
+
+        The loss of a stage-1 base follows ``mode`` (it drops half the pixels in training only, A2S Sec.
+        III-A); it has no parameters or statistics.
+        """
         super().train(mode)
         self.base.eval()
+        base_loss = getattr(self.base, "loss_fn", None)
+        if not self.is_detector and isinstance(base_loss, torch.nn.Module):
+            base_loss.train(mode)
         return self
 
     def compile_targets(self) -> list[torch.nn.Module]:
@@ -402,9 +409,7 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
         from usod.models.cue_extractor.loss import PCLSDLoss
 
         if isinstance(self.base.loss_fn, PCLSDLoss):
-            max_epochs = getattr(self._trainer, "max_epochs", None) if self._trainer is not None else None
-            progress = min(1.0, self.current_epoch / max_epochs) if max_epochs and max_epochs > 0 else 0.0
-            return {"progress": progress}
+            return {"progress": self.training_progress()}
         return {}
 
     def _scaled_size(self, size: Sequence[int]) -> tuple[int, int]:
@@ -438,9 +443,4 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
             optimizer = torch.optim.SGD(
                 params, lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay
             )
-        max_epochs = getattr(self._trainer, "max_epochs", None) if self._trainer is not None else None
-        if not max_epochs or max_epochs < 0 or not hp.lr_milestones:
-            return optimizer
-        milestones = sorted({max(1, round(f * max_epochs)) for f in hp.lr_milestones})
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=hp.lr_gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return self.step_decay(optimizer, hp.lr_milestones, hp.lr_gamma)

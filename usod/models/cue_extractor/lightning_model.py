@@ -238,14 +238,6 @@ class CueExtractor(USODModule):
         """The encoder and every head: training calls them one by one (the feature cache sits between)."""
         return [self.model.encoder, *self.model.stage_heads, self.model.fusion_head]
 
-    def training_progress(self) -> float:
-        """Fraction of the epochs done (0 without a trainer or without a finite ``max_epochs``)."""
-        trainer = self._trainer
-        max_epochs = getattr(trainer, "max_epochs", None) if trainer is not None else None
-        if not max_epochs or max_epochs < 0:
-            return 0.0
-        return min(1.0, self.current_epoch / max_epochs)
-
     @staticmethod
     def _images(batch: dict[str, Any]) -> Tensor:
         images = batch.get("image")
@@ -362,9 +354,4 @@ class CueExtractor(USODModule):
             weight_decay=hp.weight_decay,
             nesterov=hp.momentum > 0,
         )
-        max_epochs = getattr(self._trainer, "max_epochs", None) if self._trainer is not None else None
-        if not max_epochs or max_epochs < 0 or not hp.lr_milestones:
-            return optimizer
-        milestones = sorted({max(1, round(f * max_epochs)) for f in hp.lr_milestones})
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=hp.lr_gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return self.step_decay(optimizer, hp.lr_milestones, hp.lr_gamma)

@@ -540,12 +540,7 @@ class SaliencyDetector(OnlineLabelTraining, USODModule):
             )
         else:
             optimizer = torch.optim.Adam(groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        max_epochs = getattr(self._trainer, "max_epochs", None) if self._trainer is not None else None
-        if not max_epochs or max_epochs < 0 or not hp.lr_milestones:
-            return optimizer
-        milestones = sorted({max(1, round(f * max_epochs)) for f in hp.lr_milestones})
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=hp.lr_gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return self.step_decay(optimizer, hp.lr_milestones, hp.lr_gamma)
 
 
 class LabelRoundWriter(pl.Callback):
