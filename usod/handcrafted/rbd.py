@@ -28,7 +28,8 @@ def boundary_connectivity(
         sigma_clr: Colour scale (RBD: 10).
 
     Returns:
-        N boundary connectivities (0 for a region that touches no border, even via similar colours).
+        N boundary connectivities: large for regions joined to the border by similar colours, small (but
+        positive: the border regions form a clique, so every region has a geodesic path to them) otherwise.
     """
     edges = adjacency | (border[:, None] & border[None, :])
     np.fill_diagonal(edges, False)

@@ -10,8 +10,11 @@ so that pixels near boundaries count up to six times more, and adds the weighted
     L_wbce = sum(w * BCE(P, G)) / sum(w)
     L_wiou = 1 - (sum(w * P * G) + 1) / (sum(w * (P + G)) - sum(w * P * G) + 1)
 
-(per image, then averaged over the batch), with ``P = sigmoid(logits)``; this is F3Net's released
-``structure_loss``, including its smoothing constant 1 and ``count_include_pad`` average pooling.
+(per image, then averaged over the batch), with ``P = sigmoid(logits)``: the weighted BCE and IoU of the F3Net
+paper, with the smoothing constant 1 and ``count_include_pad`` average pooling of F3Net's released
+``structure_loss``. That released function passes ``reduce='none'`` to ``binary_cross_entropy_with_logits``,
+which PyTorch's legacy argument handling turns into a *mean*, so its BCE term is in fact unweighted; here the
+BCE is weighted per pixel as the paper's formula says.
 
 The captioner's loss is plain token cross-entropy (``CaptioningModel.caption_loss``).
 """
