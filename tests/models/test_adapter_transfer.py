@@ -262,7 +262,7 @@ def test_cue_extractor_base_is_tuned_with_its_own_stage1_loss(tmp_path: Path) ->
     ckpt = save_module(CueExtractor(backbone=TINY, head_channels=8, feature_cache=True), tmp_path / "s1.ckpt")
     module = AdapterTransfer(base=str(ckpt))
     assert not module.is_detector and module.hparams.base_hparams["feature_cache"] is False
-    # Training drops half the pixels in the stage-1 loss (A2S Sec. III-A) while the base network stays in eval.
+    # Training drops half the pixels in the stage-1 loss (A2S Sec. III-A); the base network stays in eval.
     module.train()
     assert module.base.loss_fn.training and module.base.loss_fn.drop_ratio == 0.5
     assert not module.base.training and not module.base.model.training

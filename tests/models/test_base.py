@@ -59,7 +59,7 @@ def _fit(module: _Recorder, **trainer_args: Any) -> list[tuple[int, int, float, 
 
 def test_progress_counts_epochs_from_one_and_lr_drops_after_the_milestone_epochs() -> None:
     seen = _fit(_Recorder(), max_epochs=5)
-    # 2 steps per epoch; epoch e (from 0) is at progress (e + 1) / 5, as the A2S code's epoch / E with epoch 1..E
+    # 2 steps per epoch; epoch e (from 0) is at progress (e + 1) / 5: the A2S code's epoch / E, epoch in 1..E
     assert [p for _, _, p, _ in seen[::2]] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     # milestones round(0.6 * 5) = 3 and 4: the 4th and 5th epochs run at 0.1x and 0.01x
     assert [lr for _, _, _, lr in seen[::2]] == pytest.approx([1.0, 1.0, 1.0, 0.1, 0.01])
@@ -77,3 +77,25 @@ def test_no_finite_end_keeps_the_rate_and_says_so() -> None:
     with pytest.warns(UserWarning, match="neither max_epochs nor max_steps"):
         _fit(module, max_epochs=-1, max_steps=-1, max_time={"seconds": 1}, limit_train_batches=1)
     assert {lr for _, _, _, lr in module.seen} == {1.0}
+
+
+def test_eval_mode_warning_is_silenced_only_for_frozen_parts(recwarn: pytest.WarningsRecorder) -> None:
+    import warnings
+
+    from usod.models.cue_extractor import CueExtractor
+
+    def eval_mode_warnings() -> list[str]:
+        return [str(w.message) for w in recwarn if "in eval mode at the start of training" in str(w.message)]
+
+    with warnings.catch_warnings():  # keep the filter this installs out of the other tests
+        warnings.simplefilter("always")
+        module = CueExtractor(backbone={"name": "resnet18", "weights": "none"}, head_channels=8)
+        loader = DataLoader([{"image": torch.rand(3, 32, 32), "id": "a"}] * 2, batch_size=2)
+        from tests.helpers.training import quiet_trainer
+
+        quiet_trainer(max_epochs=1).fit(module, loader)  # frozen encoder in eval mode: by design
+        assert eval_mode_warnings() == []
+        mistaken = _Recorder()
+        mistaken.head = torch.nn.Linear(1, 1).eval()  # trainable, yet in eval mode: keep Lightning's warning
+        _fit(mistaken, max_epochs=1)
+        assert len(eval_mode_warnings()) == 1

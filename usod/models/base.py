@@ -213,6 +213,30 @@ class USODModule(pl.LightningModule):
         if isinstance(hparams, dict) and "_class_path" not in hparams:
             hparams["_class_path"] = class_path
 
+    def on_fit_start(self) -> None:
+        """Silence Lightning's "modules in eval mode" warning when only frozen parts are in eval mode.
+
+        usod keeps frozen encoders and branches in eval mode on purpose (their BatchNorm statistics must not
+        move). Lightning warns about any module in eval mode at the start of training; the warning is kept
+        when a module in eval mode has trainable parameters, which would be a mistake.
+        """
+        in_eval = [m for m in self.modules() if not m.training]
+        if in_eval and not any(p.requires_grad for m in in_eval for p in m.parameters()):
+            import warnings
+
+            warnings.filterwarnings(
+                "ignore", message=rf"Found {len(in_eval)} module\(s\) in eval mode at the start of training"
+            )
+
+    @staticmethod
+    def _images(batch: dict[str, Any]) -> Tensor:
+        """``batch["image"]``, checked to be a Bx3xHxW tensor."""
+        images = batch.get("image")
+        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"batch['image'] must be a Bx3xHxW float tensor, got {shape}")
+        return images
+
     # ------------------------------------------------------------------ schedules
 
     def _training_length(self) -> tuple[str, int] | None:

@@ -297,14 +297,6 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
         return {"trained": trained, "base": base, "total": trained + base}
 
     # ------------------------------------------------------------------ forward
-    @staticmethod
-    def _images(batch: dict[str, Any]) -> Tensor:
-        images = batch.get("image")
-        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"batch['image'] must be a Bx3xHxW float tensor, got {shape}")
-        return images
-
     def _aux(self, batch: dict[str, Any], images: Tensor) -> tuple[str | None, Tensor | None]:
         return batch_aux(batch, self.hparams.aux_modality, images)
 
@@ -385,6 +377,7 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
 
     # ------------------------------------------------------------------ lightning hooks
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         counts = self.parameter_counts()
         self.print(
             f"AdapterTransfer: training {counts['trained']:,} adapter parameters "

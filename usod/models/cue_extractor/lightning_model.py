@@ -238,14 +238,6 @@ class CueExtractor(USODModule):
         """The encoder and every head: training calls them one by one (the feature cache sits between)."""
         return [self.model.encoder, *self.model.stage_heads, self.model.fusion_head]
 
-    @staticmethod
-    def _images(batch: dict[str, Any]) -> Tensor:
-        images = batch.get("image")
-        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"batch['image'] must be a Bx3xHxW float tensor, got {shape}")
-        return images
-
     def _aux(self, batch: dict[str, Any], images: Tensor) -> tuple[str | None, Tensor | None]:
         return batch_aux(batch, self.hparams.aux_modality, images)
 

@@ -196,14 +196,6 @@ class DeepUSPSRefiner(USODModule):
         """Saliency logits Bx1xHxW for Bx3xHxW images in [0, 1]."""
         return self.model(images)
 
-    @staticmethod
-    def _images(batch: dict[str, Any]) -> Tensor:
-        images = batch.get("image")
-        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"batch['image'] must be a Bx3xHxW float tensor, got {shape}")
-        return images
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """``L_beta`` (or ``L_en``) on flipped views, then the MVA update from this same prediction."""
         images = self._images(batch)

@@ -455,14 +455,6 @@ class SaliencyDetector(OnlineLabelTraining, USODModule):
     def _aux(self, batch: dict[str, Any], images: Tensor) -> tuple[str | None, Tensor | None]:
         return batch_aux(batch, self.hparams.aux_modality, images)
 
-    @staticmethod
-    def _images(batch: dict[str, Any]) -> Tensor:
-        images = batch.get("image")
-        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"batch['image'] must be a Bx3xHxW float tensor, got {shape}")
-        return images
-
     def _scaled_size(self, size: Sequence[int]) -> tuple[int, int]:
         stride = int(max(getattr(self.model.encoder, "strides", [32]) or [32]))
         scale = random.choice(list(self.hparams.ms_scales))

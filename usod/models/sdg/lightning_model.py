@@ -297,14 +297,6 @@ class SDGCaptionGuided(USODModule):
         self.trained_branches.update(checkpoint.get(BRANCHES_KEY, ()))
 
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _images(batch: dict[str, Any]) -> Tensor:
-        images = batch.get("image")
-        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"batch['image'] must be a Bx3xHxW float tensor, got {shape}")
-        return images
-
     def tokens(self, captions: Sequence[str], device: torch.device | None = None) -> Tensor:
         """BxL token ids of ``captions`` (cut at ``max_caption_length``)."""
         ids = self.vocab.encode_batch(list(captions), self.hparams.max_caption_length)
