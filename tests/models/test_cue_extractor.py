@@ -253,6 +253,7 @@ def test_training_lowers_the_loss(loss):
         return value.item()
 
     before = full_loss()
+    module.train()  # Lightning keeps the mode a module starts fitting in
     trainer = make_trainer(max_epochs=6)
     trainer.fit(module, DataLoader(make_samples(4), batch_size=2))
     after = full_loss()
