@@ -120,7 +120,7 @@ def run_phase(
         supervision="mask",
         init_from=str(init_from) if init_from else None,
         lr=args.caption_lr if phase == "caption" else args.lr,
-        encoder_lr_ratio=0.1 if phase == "caption" else 1.0,
+        encoder_lr_ratio=args.caption_encoder_lr_ratio if phase == "caption" else 1.0,
     )
     start = time.perf_counter()
     trainer = _trainer(epochs, out.parent)
@@ -276,10 +276,10 @@ def main() -> None:
     parser.add_argument("--caption-size", type=int, default=128, help="captioner input side")
     parser.add_argument("--grid-level", type=int, default=3, help="Lite0 level of the grid (3: stride 16)")
     parser.add_argument(
-        "--caption-frozen",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="keep the captioner's ImageNet encoder frozen (only its projection and decoders learn)",
+        "--caption-encoder-lr-ratio",
+        type=float,
+        default=0.1,
+        help="learning rate of the captioner's ImageNet encoder relative to --caption-lr (0: unchanged)",
     )
     parser.add_argument("--pvt", default="pvt_v2_b0")
     parser.add_argument("--decoder-dim", type=int, default=128)

@@ -37,6 +37,10 @@ def test_list_datasets_and_models(capsys) -> None:
     out = capsys.readouterr().out
     for name in ("duts", "nju2k", "vt5000", "davis", "orssd", "folder"):
         assert name in out
+    assert "or images/ + masks" not in out
+    assert main(["list", "datasets", "--layouts"]) == 0
+    layouts = capsys.readouterr().out.split("\necssd")[0]  # the duts rows
+    assert "DUTS-TR/" in layouts and "or images/ + masks|gt|GT|labels/" in layouts
     assert main(["list", "models"]) == 0
     assert "CueExtractor" in capsys.readouterr().out
 

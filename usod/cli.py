@@ -63,7 +63,9 @@ def lightning_main(args: Sequence[str] | None = None) -> None:
         save_config_kwargs={"overwrite": True},
         # the training bar, like every usod bar: on a terminal, unless USOD_PROGRESS says otherwise
         trainer_defaults={"enable_progress_bar": progress_enabled()},
-        args=list(args) if args is not None else None,
+        # None when they are the process's own arguments: LightningCLI then reads sys.argv itself (given
+        # both, it warns that args and command-line arguments were mixed)
+        args=None if args is None or list(args) == sys.argv[1:] else list(args),
     )
 
 

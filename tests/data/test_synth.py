@@ -372,6 +372,6 @@ def test_cli_writes_every_modality(tmp_path: Path, capsys: pytest.CaptureFixture
         assert f"{modality}: 2 " in out
     assert len(list((tmp_path / "all/video/JPEGImages/480p").rglob("*.jpg"))) == 4
     # a second run without --overwrite fails cleanly
-    assert data_synth.run(_parse(["--out", str(tmp_path / "all/rgb"), "--modality", "rgb", "--n", "2"])) == 1
+    assert data_synth.run(_parse(["--out", str(tmp_path / "all/rgb"), "--modality", "rgb", "--n", "2"])) == 2
     assert "not empty" in capsys.readouterr().err
     assert data_synth.run(_parse(["--out", str(tmp_path / "z"), "--modality", "rgb", "--n", "0"])) == 2

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             )
         except (ValueError, OSError) as err:
             print(f"usod data synth: {err}", file=sys.stderr)
-            return 1
+            return 2
         files = json.loads((root / "synth.json").read_text())["files"]
         unit = "sequences" if modality == "video" else "samples"
         listing = ", ".join(f"{folder}/ {count}" for folder, count in files.items())

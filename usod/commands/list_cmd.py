@@ -9,11 +9,15 @@ WHATS = ("datasets", "datamodules", "models")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=WHATS, nargs="?", default="datasets", help="which registry to print")
-    parser.add_argument("--layouts", action="store_true", help="print each dataset's expected folder tree")
+    parser.add_argument(
+        "--layouts",
+        action="store_true",
+        help="also print every other folder layout each dataset accepts (image folder + mask folders)",
+    )
 
 
 def _print_datasets(show_layouts: bool) -> None:
-    from usod.data.datasets import list_datasets
+    from usod.data.datasets import DATASETS, list_datasets
 
     rows = list_datasets()
     width = max(len(name) for name, _, _ in rows)
@@ -23,8 +27,12 @@ def _print_datasets(show_layouts: bool) -> None:
         first = lines[0] if lines else ""
         print(f"{name:<{width}}  {modality:<8}  {first}")
         if show_layouts:
+            pad = f"{'':<{width}}  {'':<8}  "
             for line in lines[1:]:
-                print(f"{'':<{width}}  {'':<8}  {line}")
+                print(pad + line)
+            accepted = [v.describe() for v in getattr(DATASETS[name], "variants", ())]
+            for described in dict.fromkeys(accepted):  # in order, without repeats
+                print(f"{pad}or {described}")
 
 
 def _print_registry(registry: dict[str, type], with_doc: bool) -> None:
