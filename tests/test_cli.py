@@ -203,3 +203,12 @@ def test_demo_runs_both_stages_and_writes_the_report(tmp_path) -> None:
     metrics = json.loads((out / "report" / "metrics.json").read_text())["metrics"]
     assert {"stage1-raw", "stage1", "stage2-pred"} <= set(metrics)
     assert all(0.0 <= m["mae"] <= 1.0 for m in metrics.values())
+
+
+def test_map_commands_refuse_to_write_over_their_inputs(tmp_path, capsys) -> None:
+    images = write_dataset(tmp_path / "d", "rgb", 2, size=(32, 32)) / "images"
+    before = {p: p.read_bytes() for p in images.iterdir()}
+    for out in (images, images / "maps"):
+        assert main(["handcrafted", "--method", "rbd", "--input", str(images), "--output", str(out)]) == 2
+        assert "output folder is the input folder" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in images.iterdir()} == before  # nothing written, nothing replaced

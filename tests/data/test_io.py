@@ -253,3 +253,22 @@ def test_write_failure_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(OSError, match="disk full"):
         write_png_atomic(tmp_path / "x.png", make_mask())
     assert not list(tmp_path.iterdir())
+
+
+def test_map_outputs_never_lands_on_the_inputs(tmp_path: Path) -> None:
+    from usod.data.io import images_under, map_outputs
+
+    src = tmp_path / "in"
+    for rel in ("a.jpg", "sub/b.png", ".hidden/c.png", "sub/.d.png"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        save(src / rel, RGB)
+    images = images_under(src)
+    assert [p.relative_to(src).as_posix() for p in images] == ["a.jpg", "sub/b.png"]
+    assert map_outputs(images, src, tmp_path / "out") == [tmp_path / "out/a.png", tmp_path / "out/sub/b.png"]
+    for bad in (src, src / "pred", src / "sub"):
+        with pytest.raises(InvalidInputError, match="output folder is the input folder"):
+            map_outputs(images, src, bad)
+    save(src / "a.png", RGB)
+    with pytest.raises(InvalidInputError, match="same name as") as exc:
+        map_outputs(images_under(src), src, tmp_path / "out")
+    assert exc.value.path.name in ("a.jpg", "a.png")

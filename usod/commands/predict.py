@@ -30,16 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from usod.data.io import IMAGE_EXTENSIONS, InvalidInputError, read_image, write_png_atomic
+from usod.data.io import (
+    IMAGE_EXTENSIONS,
+    InvalidInputError,
+    images_under,
+    map_outputs,
+    read_image,
+    write_png_atomic,
+)
 from usod.data.transforms import EvalTransform
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-
-
-def _images_under(root: Path) -> list[Path]:
-    return sorted(
-        p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
 
 
 class ImagePaths(Dataset):
@@ -53,7 +54,7 @@ class ImagePaths(Dataset):
         self, root: Path, transform: EvalTransform, aux: tuple[str, dict[str, Path]] | None = None
     ) -> None:
         self.root = root
-        self.paths = _images_under(root)
+        self.paths = images_under(root)
         if not self.paths:
             raise InvalidInputError(root, f"no images ({', '.join(IMAGE_EXTENSIONS)}) found")
         self.transform = transform
@@ -101,7 +102,7 @@ def aux_inputs(
     modality = str(getattr(model, "hparams", {}).get("aux_modality", "none"))
     if modality == "none":
         return None
-    ids = {p.relative_to(root).with_suffix("").as_posix(): p for p in _images_under(root)}
+    ids = {p.relative_to(root).with_suffix("").as_posix(): p for p in images_under(root)}
     if modality == "flow" and aux_dir is None:
         from usod.data.flow import cached_flow_images
 
@@ -122,7 +123,7 @@ def aux_inputs(
             root, f"the model takes a {modality} image beside each RGB image: pass --aux-dir (a folder "
             "mirroring the input)"
         )  # fmt: skip
-    found = {p.relative_to(aux_dir).with_suffix("").as_posix(): p for p in _images_under(aux_dir)}
+    found = {p.relative_to(aux_dir).with_suffix("").as_posix(): p for p in images_under(aux_dir)}
     missing = sorted(set(ids) - set(found))
     if missing:
         raise InvalidInputError(
@@ -235,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
     size = args.image_size or trained_image_size(args.ckpt) or 320
     transform = EvalTransform(size)
     if args.input.is_dir():
+        map_outputs(images_under(args.input), args.input, args.output)  # never over the inputs
         flow_cache = args.flow_cache or args.output / ".usod_flow"
         aux = aux_inputs(model, args.input, args.aux_dir, flow_cache)
         dataset: Dataset = ImagePaths(args.input, transform, aux)

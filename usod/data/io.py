@@ -397,3 +397,41 @@ def write_png_atomic(path: str | Path, array: np.ndarray) -> Path:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(arr)).save(buffer, format="PNG")
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def images_under(root: str | Path) -> list[Path]:
+    """Every image file under ``root`` (recursively, in path order), hidden files and folders excluded."""
+    root = Path(root)
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def map_outputs(images: list[Path], input_dir: str | Path, output_dir: str | Path) -> list[Path]:
+    """``output_dir/<relative path of each image>.png``: where per-image maps of ``images`` go.
+
+    Checked before anything is written, so that a command never overwrites its inputs.
+
+    Raises:
+        InvalidInputError: ``output_dir`` is ``input_dir`` or inside it (the maps would replace images or be
+            read as images by the next run), or two images map to the same file (``a.jpg`` and ``a.png``).
+    """
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    source, target = input_dir.resolve(), output_dir.resolve()
+    if target == source or source in target.parents:
+        raise InvalidInputError(
+            output_dir, f"the output folder is the input folder {input_dir} or inside it; choose one outside"
+        )
+    outputs = [output_dir / p.relative_to(input_dir).with_suffix(".png") for p in images]
+    seen: dict[Path, Path] = {}
+    for image, out in zip(images, outputs, strict=True):
+        if out in seen:
+            raise InvalidInputError(
+                image, f"has the same name as {seen[out]}: both maps would be written to {out}; rename one"
+            )
+        seen[out] = image
+    return outputs

@@ -151,19 +151,18 @@ def run_folder(
 
     Raises:
         FileNotFoundError: ``input_dir`` does not exist.
-        InvalidInputError: It holds no image.
+        InvalidInputError: It holds no image, ``output_dir`` is it or inside it, or two images would write
+            the same map.
     """
-    from usod.data.io import IMAGE_EXTENSIONS, InvalidInputError
+    from usod.data.io import IMAGE_EXTENSIONS, InvalidInputError, images_under, map_outputs
 
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"{input_dir}: input folder not found")
-    images = sorted(
-        p for p in input_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
+    images = images_under(input_dir)
     if not images:
         raise InvalidInputError(input_dir, f"no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-    tasks = [(p, output_dir / p.relative_to(input_dir).with_suffix(".png")) for p in images]
+    tasks = list(zip(images, map_outputs(images, input_dir, output_dir), strict=True))
     return run_files(
         name, tasks, workers=workers, options=options, skip_existing=skip_existing, progress=progress
     )
