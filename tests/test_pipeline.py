@@ -223,3 +223,53 @@ def test_held_out_evaluation_runs_on_the_ranks_training_device(
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", local_rank)
     assert _eval_device(accelerator, devices) == expected
+
+
+def test_resume_refuses_changed_settings_and_redoes_what_a_retrained_stage_feeds(data, tmp_path) -> None:
+    import shutil
+
+    from usod.data.io import InvalidInputError
+    from usod.pipeline import PipelineConfig, run_pipeline
+
+    train, heldout = data
+    base = {
+        "root": train,
+        "image_size": 32,
+        "batch_size": 4,
+        "num_workers": 0,
+        "postprocess_workers": 0,
+        "stage1_epochs": 1,
+        "stage1": {"backbone": TINY},
+        "stage2": {"label_update": "none"},
+        "accelerator": "cpu",
+    }
+    out = tmp_path / "run"
+    run_pipeline(PipelineConfig(out=out, stage2_epochs=0, **base))
+    assert json.loads((out / "pipeline.json").read_text())["settings"]["root"] == str(train.resolve())
+    # A finished step's setting changed: refused before any work, naming it.
+    with pytest.raises(InvalidInputError, match=r"other settings \(root: .*; image_size: 32 -> 48\)"):
+        run_pipeline(PipelineConfig(out=out, stage2_epochs=0, **{**base, "root": heldout, "image_size": 48}))
+    # A later, unfinished step may change: stage 2 is added to a stage-1-only run.
+    run_pipeline(PipelineConfig(out=out, stage2_epochs=1, **base))
+    store = PseudoLabelStore(out / "labels")
+    stage1_labels = {p: _mtime(p) for p in store.round_dir("stage1").iterdir()}
+
+    # A moved run folder resumes without relabelling (rounds know their checkpoint by content, not path).
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    moved_store = PseudoLabelStore(moved / "labels")
+    before = {p.name: _mtime(p) for p in moved_store.round_dir("stage1-raw").iterdir()}
+    # ... and a round whose labels are all on disk but which was never marked complete gets completed.
+    manifest = json.loads((moved / "labels" / "manifest.json").read_text())
+    next(r for r in manifest["rounds"] if r["name"] == "stage1-raw")["complete"] = False
+    (moved / "labels" / "manifest.json").write_text(json.dumps(manifest))
+    run_pipeline(PipelineConfig(out=moved, stage2_epochs=1, **base))
+    assert {p.name: _mtime(p) for p in moved_store.round_dir("stage1-raw").iterdir()} == before
+    assert next(r for r in moved_store.rounds() if r["name"] == "stage1-raw")["complete"]
+
+    # Retraining stage 1 rewrites its labels and retires the stage-2 checkpoint trained on the old ones.
+    (out / "stage1.ckpt").unlink()
+    run_pipeline(PipelineConfig(out=out, stage2_epochs=1, **base))
+    assert all(_mtime(p) > stamp for p, stamp in stage1_labels.items())
+    assert [p.name.split("-")[0] for p in (out / "retired").glob("*.ckpt")] == ["stage2"]
+    assert (out / "stage2.ckpt").is_file() and any((out / "labels" / "retired").iterdir())

@@ -14,6 +14,12 @@ Steps (each skipped when its output already exists, so an interrupted run resume
    each stage's checkpoint on the held-out ``eval`` sets, and write ``OUT/report/metrics.json``,
    ``pr_curves*.png`` and ``grid.png`` (image / labels / prediction / ground truth).
 
+``OUT/pipeline.json`` records the settings the steps were made with. A resumed run refuses settings that
+would change a finished step (the training set, stage 1, the post-processing; stage 2 once it is trained)
+and names them; settings of later, unfinished steps (e.g. ``stage2_epochs`` after a stage-1-only run) may
+change. A stage that trains again (its checkpoint was deleted) rewrites what depends on it: its label rounds
+start over and a later stage's checkpoint is moved to ``OUT/retired/``, nothing is deleted.
+
 Every training stage logs to ``OUT/logs/<stage>/`` (CSV). With ``logger: wandb`` the whole pipeline is one
 wandb run as well (named ``a2s_pipeline-<dataset>``, grouped by dataset): the stages' losses as
 ``stage1-train_loss``, ``stage2-train_loss``, the quality of every stage-2 label round
@@ -272,6 +278,28 @@ def _check_same_settings(store: Any, name: str, meta: dict[str, Any], keys: tupl
         )
 
 
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's content (a checkpoint's identity, whatever its path or time stamps)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _input_identity(dataset: Any) -> dict[str, Any]:
+    """What a label round was predicted from besides the model: dataset root, split and input size."""
+    root = getattr(dataset, "root", None)
+    size = getattr(getattr(dataset, "transform", None), "image_size", None)
+    return {
+        "root": str(Path(root).resolve()) if root is not None else None,
+        "split": getattr(dataset, "split", None),
+        "image_size": list(size) if size is not None else None,
+    }
+
+
 def _round_state(store: Any, name: str, ids: list[str]) -> tuple[bool, list[str]]:
     """``(marked complete, ids without a label file)`` of a round."""
     entry = _round_entry(store, name)
@@ -363,17 +391,28 @@ def write_label_round(
     final_only = postprocess is None
     raw_round = round_name if final_only else (raw_round or f"{round_name}-raw")
     ids = dataset_ids(dataset)
-    raw_meta = {"ckpt": str(ckpt.resolve()), "postprocess": None}
+    raw_meta = {
+        "ckpt": str(ckpt.resolve()),
+        "ckpt_sha256": file_sha256(ckpt),
+        "input": _input_identity(dataset),
+        "postprocess": None,
+    }
     post_meta = None if final_only else {"from": raw_round, "postprocess": postprocess.to_dict()}
     if not overwrite:
-        _check_same_settings(store, raw_round, raw_meta, ("ckpt",))
+        # the checkpoint's content, not its path: a moved run folder resumes, a retrained model does not
+        _check_same_settings(store, raw_round, raw_meta, ("ckpt_sha256", "input"))
         if post_meta is not None:
             _check_same_settings(store, round_name, post_meta, ("from", "postprocess"))
 
     predicted = 0
     complete, missing = _round_state(store, raw_round, ids)
     restart = overwrite or (complete and bool(missing))
-    if restart or missing or not complete:
+    if not (restart or missing or complete):
+        # Every label is on disk but the round was never marked complete (a kill between the last label
+        # and the manifest update, or a lost manifest): nothing to predict, only the manifest to finish.
+        store.begin_round(raw_round, raw_meta)
+        store.complete_round(raw_round, ids)
+    elif restart or missing or not complete:
         if complete and missing and not overwrite:
             log.warning(
                 "round %r is marked complete but %d labels are missing; predicting it again",
@@ -437,8 +476,20 @@ def predict_settings(config: Any) -> dict[str, Any]:
     }
 
 
-def write_stage1_labels(config: PipelineConfig, ckpt: Path) -> Path:
-    """Write the raw (``stage1-raw``) and post-processed (``stage1``) rounds; return the store root."""
+def _has_round(config: PipelineConfig, name: str) -> bool:
+    """Whether the run's label store has round ``name`` (in the manifest)."""
+    from usod.labels import PseudoLabelStore
+
+    if not (config.out / "labels").is_dir():
+        return False
+    return _round_entry(PseudoLabelStore(config.out / "labels"), name) is not None
+
+
+def write_stage1_labels(config: PipelineConfig, ckpt: Path, overwrite: bool = False) -> Path:
+    """Write the raw (``stage1-raw``) and post-processed (``stage1``) rounds; return the store root.
+
+    ``overwrite`` starts both rounds over (old labels retired), for a retrained stage 1.
+    """
     dm = _datamodule(config)
     dm.setup("predict")
     result = write_label_round(
@@ -451,6 +502,7 @@ def write_stage1_labels(config: PipelineConfig, ckpt: Path) -> Path:
         batch_size=config.batch_size,
         num_workers=config.num_workers,
         postprocess_workers=config.postprocess_workers,
+        overwrite=overwrite,
         **predict_settings(config),
     )
     return result.store_root
@@ -484,8 +536,11 @@ def train_stage2(config: PipelineConfig) -> Path:
     return ckpt
 
 
-def write_stage2_predictions(config: PipelineConfig, ckpt: Path) -> Path:
-    """Write the detector's predictions on the training images as the round ``stage2-pred``."""
+def write_stage2_predictions(config: PipelineConfig, ckpt: Path, overwrite: bool = False) -> Path:
+    """Write the detector's predictions on the training images as the round ``stage2-pred``.
+
+    ``overwrite`` starts the round over (old maps retired), for a retrained stage 2.
+    """
     dm = _datamodule(config, stage=2)
     dm.setup("predict")
     result = write_label_round(
@@ -496,6 +551,7 @@ def write_stage2_predictions(config: PipelineConfig, ckpt: Path) -> Path:
         None,
         batch_size=config.batch_size,
         num_workers=config.num_workers,
+        overwrite=overwrite,
         **predict_settings(config),
     )
     return result.store_root
@@ -743,6 +799,69 @@ def write_report(config: PipelineConfig, timings: dict[str, float]) -> dict[str,
     return summary
 
 
+#: Settings that decide each step's output (the others only say where and how fast it runs).
+STAGE1_SETTINGS = (
+    "dataset", "root", "split", "image_size", "batch_size", "stage1_epochs", "stage1", "postprocess", "seed",
+    "precision",
+)  # fmt: skip
+STAGE2_SETTINGS = ("stage2_epochs", "stage2_image_size", "stage2")
+
+
+def _step_settings(config: PipelineConfig) -> dict[str, Any]:
+    values = {key: getattr(config, key) for key in STAGE1_SETTINGS + STAGE2_SETTINGS}
+    values["root"] = str(Path(values["root"]).resolve())
+    values["postprocess"] = config.postprocess.to_dict()
+    return json.loads(json.dumps(values, default=str))
+
+
+def check_resume_settings(config: PipelineConfig) -> None:
+    """Compare ``config`` with the settings ``OUT/pipeline.json`` recorded, then record them (rank 0).
+
+    Raises:
+        InvalidInputError: A setting of a finished step changed (stage 1 and the labels once
+            ``stage1.ckpt`` exists, stage 2 once ``stage2.ckpt`` exists).
+    """
+    from usod.data.io import InvalidInputError
+    from usod.distributed import barrier, is_rank_zero
+
+    path = config.out / "pipeline.json"
+    now = _step_settings(config)
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text())["settings"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise InvalidInputError(
+                path, f"unreadable pipeline record ({err}); move it away to go on"
+            ) from None
+        finished = list(STAGE1_SETTINGS) if (config.out / "stage1.ckpt").is_file() else []
+        if (config.out / "stage2.ckpt").is_file():
+            finished += STAGE2_SETTINGS
+        changed = [k for k in finished if k in before and before[k] != now[k]]
+        if changed:
+            details = "; ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed)
+            raise InvalidInputError(
+                config.out,
+                f"this run folder holds finished steps made with other settings ({details}). Use another "
+                "`out`, or delete the checkpoints of the steps to redo (stage1.ckpt, stage2.ckpt) to retrain "
+                "them (their labels are then rewritten; old files are kept under retired/)",
+            )
+    barrier()  # every rank compared with the old record before rank 0 replaces it
+    if is_rank_zero():
+        atomic_write_bytes(path, (json.dumps({"settings": now}, indent=2) + "\n").encode())
+
+
+def _retire(path: Path) -> None:
+    """Move a stale step output to ``OUT/retired/<name>-<time>`` (rank 0), never deleting it."""
+    from usod.distributed import barrier, is_rank_zero
+
+    if is_rank_zero() and path.exists():
+        target = path.parent / "retired" / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        log.warning("%s was made from an earlier stage that has been retrained: moved to %s", path, target)
+    barrier()
+
+
 def run_pipeline(config: PipelineConfig) -> dict[str, Any] | None:
     """Run every step (resuming finished ones) and return the report summary.
 
@@ -767,6 +886,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any] | None:
         config=json.loads(json.dumps(asdict(config), default=str)),
         label_update=label_update,
     )
+    check_resume_settings(config)
     with job:
         return _run_steps(config)
 
@@ -774,15 +894,19 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any] | None:
 def _run_steps(config: PipelineConfig) -> dict[str, Any] | None:
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    retrain1 = not (config.out / "stage1.ckpt").is_file()
+    if retrain1 and (config.out / "stage2.ckpt").is_file():
+        _retire(config.out / "stage2.ckpt")  # trained on the labels of the stage 1 about to be replaced
     ckpt = train_stage1(config)
     timings["stage1"] = time.perf_counter() - start
     start = time.perf_counter()
-    write_stage1_labels(config, ckpt)
+    write_stage1_labels(config, ckpt, overwrite=retrain1 and _has_round(config, RAW_ROUND))
     timings["label"] = time.perf_counter() - start
     if config.stage2_epochs > 0:
         start = time.perf_counter()
+        retrain2 = not (config.out / "stage2.ckpt").is_file()
         stage2 = train_stage2(config)
-        write_stage2_predictions(config, stage2)
+        write_stage2_predictions(config, stage2, overwrite=retrain2 and _has_round(config, STAGE2_ROUND))
         timings["stage2"] = time.perf_counter() - start
     start = time.perf_counter()
     summary = write_report(config, timings)  # every rank scores its share; rank 0 writes
