@@ -212,3 +212,34 @@ def test_map_commands_refuse_to_write_over_their_inputs(tmp_path, capsys) -> Non
         assert main(["handcrafted", "--method", "rbd", "--input", str(images), "--output", str(out)]) == 2
         assert "output folder is the input folder" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in images.iterdir()} == before  # nothing written, nothing replaced
+
+
+def test_predict_on_a_truncated_video_writes_what_decodes_and_says_so(tmp_path, capsys) -> None:
+    import cv2
+    import numpy as np
+
+    from usod.models.base import save_module
+    from usod.models.cue_extractor import CueExtractor
+
+    video = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (32, 32))
+    for i in range(6):
+        writer.write(np.full((32, 32, 3), 40 * i, np.uint8))
+    writer.release()
+    truncated = tmp_path / "t.avi"
+    truncated.write_bytes(video.read_bytes()[: int(video.stat().st_size * 0.9)])
+    ckpt = save_module(CueExtractor(backbone={"name": "resnet18", "weights": "none"}), tmp_path / "m.ckpt")
+    argv = ["predict", "--ckpt", str(ckpt), "--output", str(tmp_path / "out"), "--image-size", "32"]
+    assert main([*argv, "--input", str(video)]) == 0
+    assert len(list((tmp_path / "out").glob("frame_*.png"))) == 6
+    assert main([*argv[:4], str(tmp_path / "out_t"), *argv[5:], "--input", str(truncated)]) == 1
+    err = capsys.readouterr().err
+    assert f"{truncated}: " in err and "of its 6 frames decoded (a truncated or damaged video)" in err
+    not_video = tmp_path / "empty.mp4"
+    not_video.write_bytes(b"")
+    assert main([*argv, "--input", str(not_video)]) == 2
+    assert "empty.mp4" in capsys.readouterr().err
+    empty_ckpt = tmp_path / "empty.ckpt"
+    empty_ckpt.write_bytes(b"")
+    assert main(["predict", "--ckpt", str(empty_ckpt), "--input", str(video), "--output", str(tmp_path)]) == 2
+    assert "empty.ckpt: not a readable checkpoint (the file is empty)" in capsys.readouterr().err

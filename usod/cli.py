@@ -106,8 +106,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError, FileExistsError]
     try:
         from usod.data.io import InvalidInputError
+        from usod.labels.store import ManifestError
 
-        errors.append(InvalidInputError)
+        errors += [InvalidInputError, ManifestError]
     except ImportError:  # pragma: no cover - io is part of the package
         pass
     return tuple(errors)

@@ -114,23 +114,13 @@ def _datamodule_class(class_path: str, source: Path) -> type:
     return cls
 
 
-def _checkpoint_image_size(ckpt: Path) -> int | list[int] | None:
-    from usod.models.base import trained_image_size
-
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
-    try:
-        return trained_image_size(ckpt)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        raise InvalidInputError(ckpt, f"not a readable checkpoint ({str(err).splitlines()[0]})") from err
-
-
 def build_datamodule(args: argparse.Namespace) -> Any:
     """The datamodule of ``--config`` or ``--dataset``/``--root``, command-line flags taking precedence.
 
     Training augmentation is always off: labels are predicted on resized images only.
     """
     from usod.data.datamodules import get_datamodule
+    from usod.models.base import trained_image_size
 
     given = {arg: getattr(args, flag) for flag, arg in _OVERRIDES.items() if getattr(args, flag) is not None}
     if args.config is not None:
@@ -138,7 +128,7 @@ def build_datamodule(args: argparse.Namespace) -> Any:
         cls = _datamodule_class(class_path, args.config)
         init_args.update(given)
         if "image_size" not in init_args:
-            init_args["image_size"] = _checkpoint_image_size(args.ckpt) or DEFAULT_IMAGE_SIZE
+            init_args["image_size"] = trained_image_size(args.ckpt) or DEFAULT_IMAGE_SIZE
         init_args.setdefault("batch_size", 16)
         init_args.setdefault("num_workers", 2)
         init_args["augment"] = False
@@ -150,7 +140,7 @@ def build_datamodule(args: argparse.Namespace) -> Any:
         raise InvalidInputError(
             Path("."), "give the images with --dataset NAME --root DIR, or with --config FILE.yaml"
         )
-    given.setdefault("image_size", _checkpoint_image_size(args.ckpt) or DEFAULT_IMAGE_SIZE)
+    given.setdefault("image_size", trained_image_size(args.ckpt) or DEFAULT_IMAGE_SIZE)
     given.setdefault("batch_size", 16)
     given.setdefault("num_workers", 2)
     name = given.pop("dataset")

@@ -143,7 +143,13 @@ class VideoFrames(IterableDataset):
         if not capture.isOpened():
             raise InvalidInputError(path, "cannot open the video (unsupported codec or not a video)")
         self.count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        if self.count <= 0:  # not in the container's header: count the frames
+            self.count = 0
+            while capture.grab():
+                self.count += 1
         capture.release()
+        if self.count == 0:
+            raise InvalidInputError(path, "no decodable video frame (not a video, or an empty one)")
         self.path = path
         self.transform = transform
 
@@ -297,6 +303,10 @@ def run(args: argparse.Namespace) -> int:
                     _write_caption(args.output, sample_id, described[i], (h, w))
                 written += 1
     print(f"wrote {written} saliency maps to {args.output}")
+    if isinstance(dataset, VideoFrames) and written < len(dataset):
+        unreadable.append(
+            f"{args.input}: {written} of its {len(dataset)} frames decoded (a truncated or damaged video)"
+        )
     if unreadable:
         # The other maps are written; report every skipped file and fail so that scripts notice.
         print(f"usod predict: skipped {len(unreadable)} unreadable input(s):", file=sys.stderr)

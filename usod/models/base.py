@@ -320,13 +320,8 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> U
         InvalidInputError: The file is not a usod checkpoint or does not match its class.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        raise InvalidInputError(path, f"not a readable checkpoint ({str(err).splitlines()[0]})") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+    ckpt = read_checkpoint(path, map_location)
+    if "state_dict" not in ckpt:
         raise InvalidInputError(path, "not a Lightning checkpoint (no 'state_dict')")
     class_path = ckpt.get(CLASS_KEY)
     if not class_path:
@@ -367,9 +362,32 @@ def save_module(module: USODModule, path: str | Path) -> Path:
     return path
 
 
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` of a checkpoint file, with errors that name the file.
+
+    Raises:
+        FileNotFoundError: There is no such file.
+        InvalidInputError: It is not a readable checkpoint (empty, truncated, not a torch file, or holding
+            objects other than tensors and plain containers).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise InvalidInputError(path, "not a readable checkpoint (the file is empty)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
+        reason = next(iter(str(err).splitlines()), "") or type(err).__name__
+        raise InvalidInputError(path, f"not a readable checkpoint ({reason})") from err
+    if not isinstance(ckpt, dict):
+        raise InvalidInputError(path, f"not a checkpoint (holds a {type(ckpt).__name__}, not a dict)")
+    return ckpt
+
+
 def trained_image_size(path: str | Path) -> int | list[int] | None:
     """The ``image_size`` of the datamodule a checkpoint was trained with, if it recorded one."""
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path)
     for key in ("datamodule_hyper_parameters", "hyper_parameters"):
         size = (ckpt.get(key) or {}).get("image_size")
         if size is not None:
