@@ -177,6 +177,22 @@ def test_config_errors_name_the_file(data, tmp_path, capsys) -> None:
     assert main(["pipeline", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
 
+    # Mistakes that would surface only after training are found before any work.
+    for extra, problem in [
+        ({"stage1_epochs": -1}, "stage1_epochs must be an integer >= 1"),
+        ({"stage2": {"label_update": "bogus"}}, "stage2.label_update must be one of ['none', 'olr', 'spr']"),
+        ({"stage2": {"lr_typo": 0.1}}, "SaliencyDetector has no argument(s) ['lr_typo']"),
+        ({"stage1": {"bogus_arg": 1}}, "CueExtractor has no argument(s) ['bogus_arg']"),
+        ({"image_size": "sixty"}, "image_size must be a positive integer"),
+        ({"eval": [{"dataset": "folder", "root": str(tmp_path / "nope")}]}, "eval[0].root"),
+        ({"eval": [{"dataset": "nope", "root": str(heldout)}]}, "eval[0].dataset: unknown 'nope'"),
+    ]:
+        config = _config(tmp_path / "early.yaml", train, heldout, tmp_path / "early", **extra)
+        assert main(["pipeline", "--config", str(config)]) == 2, extra
+        err = capsys.readouterr().err
+        assert problem in err and "early.yaml" in err and "Traceback" not in err, (extra, err)
+    assert not (tmp_path / "early").exists()
+
 
 @pytest.mark.parametrize("path", sorted(Path("configs/pipeline").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_pipeline_configs_load(path: Path) -> None:

@@ -147,6 +147,62 @@ class PipelineConfig:
         names = [eval_name(e) for e in self.eval]
         if len(set(names)) != len(names):
             raise ValueError(f"eval set names must be unique, got {names}; give each a 'name'")
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """Catch what would otherwise fail after minutes or hours of training, before any work."""
+        from usod.data.datasets import DATASETS
+
+        for name, low in (
+            ("batch_size", 1), ("stage1_epochs", 1), ("stage2_epochs", 0), ("num_workers", 0),
+            ("postprocess_workers", 0), ("num_nodes", 1),
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("image_size", "stage2_image_size"):
+            value = getattr(self, name)
+            sizes = value if isinstance(value, (list, tuple)) else [value]
+            if (value is None and name == "stage2_image_size") or (
+                sizes and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes)
+            ):
+                continue
+            raise ValueError(f"{name} must be a positive integer (or [height, width]), got {value!r}")
+        sets = [("", self.dataset, self.root)] + [
+            (f"eval[{i}].", e["dataset"], Path(e["root"])) for i, e in enumerate(self.eval)
+        ]
+        for where, dataset, root in sets:
+            if dataset not in DATASETS:
+                raise ValueError(f"{where}dataset: unknown {dataset!r}; registered: {sorted(DATASETS)}")
+            if where and not root.exists():  # the training root is read first anyway; eval roots at the end
+                raise ValueError(f"{where}root: {str(root)!r} does not exist")
+        from usod.models.cue_extractor import CueExtractor
+        from usod.models.saliency_detector import SaliencyDetector
+
+        _check_arguments("stage1", CueExtractor, self.stage1)
+        _check_arguments("stage2", SaliencyDetector, self.stage2)
+
+
+def _check_arguments(where: str, cls: type, kwargs: Any) -> None:
+    """``kwargs`` must name parameters of ``cls`` and keep ``Literal`` parameters to their values."""
+    import inspect
+    import typing
+
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{where} must be a mapping of {cls.__name__} arguments, got {kwargs!r}")
+    params = inspect.signature(cls.__init__).parameters
+    unknown = sorted(set(kwargs) - set(params) - {"self"})
+    if unknown:
+        raise ValueError(f"{where}: {cls.__name__} has no argument(s) {unknown}")
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: the class checks its arguments itself
+        return
+    for key, value in kwargs.items():
+        hint = hints.get(key)
+        choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
+        if choices and value not in choices:
+            raise ValueError(f"{where}.{key} must be one of {list(choices)}, got {value!r}")
 
 
 def eval_name(entry: dict[str, Any]) -> str:
