@@ -299,3 +299,22 @@ def test_aliases_and_listing() -> None:
     listed = list_datasets()
     assert [n for n, _, _ in listed] == list(DATASETS)
     assert {m for _, m, _ in listed} == {"rgb", "rgbd", "rgbt", "video", "rs"}
+
+
+def test_auxiliary_maps_of_another_size_are_resized_masks_must_match(tmp_path) -> None:
+    from PIL import Image
+
+    from usod.data.synth import write_dataset
+
+    root = write_dataset(tmp_path / "rgbd", "rgbd", 2, size=(48, 64))
+    depth = sorted((root / "depth").iterdir())[0]
+    Image.open(depth).resize((32, 24)).save(depth)  # some RGB-D releases store depth at another size
+    dataset = get_dataset("nju2k", root=root, with_masks=True)
+    sample = dataset.load_raw(0)
+    assert sample["depth"].shape[:2] == sample["image"].shape[:2] == (48, 64)
+    mask = dataset.files[1].mask
+    Image.open(mask).resize((64, 50)).save(mask)
+    problem = r"is 50x64 \(height x width\) but its image .* is 48x64"
+    with pytest.raises(InvalidInputError, match=problem) as exc:
+        dataset.load_raw(1)
+    assert exc.value.path == mask

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from usod.data import io
@@ -251,19 +252,22 @@ class SODDataset(Dataset):
             "id": files.id,
             "size": (int(image.shape[0]), int(image.shape[1])),
         }
+        size = sample["size"]
+        # Auxiliary inputs of another size (some RGB-D sets store depth at another resolution) are resized
+        # to the image, as the loaders of RGB-D/RGB-T SOD code do; masks and labels must match it.
         if files.depth is not None:
-            sample["depth"] = io.read_depth(files.depth)
+            sample["depth"] = _resized(io.read_depth(files.depth), size)
         if files.thermal is not None:
-            sample["thermal"] = io.read_thermal(files.thermal)
+            sample["thermal"] = _resized(io.read_thermal(files.thermal), size)
         if files.flow is not None:
-            sample["flow"] = io.read_image(files.flow)
+            sample["flow"] = _resized(io.read_image(files.flow), size)
         if self.with_masks and files.mask is not None:
-            sample["mask"] = io.read_mask(files.mask)
+            sample["mask"] = _same_size(io.read_mask(files.mask), size, files.mask, files.image)
         if self.pseudo_dir is not None:
             path = self.pseudo_path(files.id)
             if not path.is_file():
                 raise InvalidInputError(path, f"pseudo label missing for sample {files.id!r}")
-            sample["pseudo"] = io.read_mask(path)
+            sample["pseudo"] = _same_size(io.read_mask(path), size, path, files.image)
         if files.sequence is not None:
             sample["sequence"] = files.sequence
             sample["frame"] = files.frame
@@ -300,6 +304,24 @@ class SODDataset(Dataset):
         split = f", split={self.split!r}" if self.split else ""
         cls = type(self).__name__
         return f"{cls}(root={str(self.root)!r}{split}, n={len(self)}, with_masks={self.with_masks})"
+
+
+def _resized(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``array`` (HxW or HxWxC) bilinearly resized to ``size`` (height, width) when it differs."""
+    if tuple(array.shape[:2]) == tuple(size):
+        return array
+    import cv2
+
+    return cv2.resize(array, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
+
+
+def _same_size(array: np.ndarray, size: tuple[int, int], path: Path, image: Path) -> np.ndarray:
+    if tuple(array.shape[:2]) != tuple(size):
+        h, w = array.shape[:2]
+        raise InvalidInputError(
+            path, f"is {h}x{w} (height x width) but its image {image} is {size[0]}x{size[1]}"
+        )  # fmt: skip
+    return array
 
 
 @dataclass
