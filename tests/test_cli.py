@@ -243,3 +243,28 @@ def test_predict_on_a_truncated_video_writes_what_decodes_and_says_so(tmp_path, 
     empty_ckpt.write_bytes(b"")
     assert main(["predict", "--ckpt", str(empty_ckpt), "--input", str(video), "--output", str(tmp_path)]) == 2
     assert "empty.ckpt: not a readable checkpoint (the file is empty)" in capsys.readouterr().err
+
+
+def test_demo_rewrites_interrupted_data_and_refuses_other_data_settings(tmp_path, capsys, monkeypatch) -> None:
+    import json
+
+    import usod.pipeline
+
+    class Stop(Exception):
+        pass
+
+    def stop(config):
+        raise Stop(config.root)
+
+    monkeypatch.setattr(usod.pipeline, "run_pipeline", stop)
+    data = tmp_path / "demo" / "data" / "rgb"
+    write_dataset(data, "rgb", 3, size=(32, 32))
+    record = json.loads((data / "synth.json").read_text())
+    (data / "synth.json").write_text(json.dumps({**record, "complete": False}))  # killed while writing
+    argv = ["demo", "--out", str(tmp_path / "demo"), "--n", "4", "--image-size", "32"]
+    with pytest.raises(Stop):
+        main(argv)
+    assert json.loads((data / "synth.json").read_text())["complete"]
+    assert len(list((data / "images").iterdir())) == 4
+    assert main([*argv[:-1], "48"]) == 2
+    assert "other data settings" in capsys.readouterr().err

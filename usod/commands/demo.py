@@ -8,6 +8,7 @@ Needs no download and runs in a few minutes on 2 CPU cores; rerunning resumes fi
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -23,13 +24,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from usod.data.io import InvalidInputError
     from usod.data.synth import write_dataset
     from usod.pipeline import PipelineConfig, format_summary, run_pipeline
 
     start = time.perf_counter()
     data = args.out / "data" / "rgb"
-    if not (data / "synth.json").is_file():
-        write_dataset(data, "rgb", args.n, seed=args.seed, size=(args.image_size, args.image_size))
+    size = (args.image_size, args.image_size)
+    record = data / "synth.json"
+    meta = json.loads(record.read_text()) if record.is_file() else None
+    if meta is None or not meta.get("complete"):  # none yet, or interrupted while writing: (re)write it
+        write_dataset(data, "rgb", args.n, seed=args.seed, size=size, overwrite=meta is not None)
+    else:
+        made = meta.get("config", {})
+        wanted = {"n_images": args.n, "seed": args.seed, "size": list(size)}
+        if any(made.get(k) != v for k, v in wanted.items()):
+            shown = {k: made.get(k) for k in wanted}
+            raise InvalidInputError(
+                args.out, f"holds a demo made with other data settings {shown}; use another --out"
+            )
     config = PipelineConfig(
         out=args.out,
         dataset="folder",
