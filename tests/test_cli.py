@@ -245,7 +245,7 @@ def test_predict_on_a_truncated_video_writes_what_decodes_and_says_so(tmp_path, 
     assert "empty.ckpt: not a readable checkpoint (the file is empty)" in capsys.readouterr().err
 
 
-def test_demo_rewrites_interrupted_data_and_refuses_other_data_settings(tmp_path, capsys, monkeypatch) -> None:
+def test_demo_rewrites_interrupted_data_and_refuses_other_settings(tmp_path, capsys, monkeypatch) -> None:
     import json
 
     import usod.pipeline
