@@ -450,3 +450,22 @@ def test_lightning_ddp_predicts_each_sample_once(tmp_path: Path) -> None:
     assert store.current_round() == "r"
     assert store.finished_ids("r") == set(data.ids)
     assert sorted((tmp_path / "writes.log").read_text().split()) == sorted(data.ids)  # 7 ids, none twice
+
+
+def test_concurrent_writers_do_not_lose_manifest_updates(tmp_path) -> None:
+    """Two labelling jobs writing rounds into one store at once (e.g. two `usod label` runs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def label_rounds(prefix: str) -> None:
+        store = PseudoLabelStore(tmp_path / "store")  # each job its own store object, as separate processes
+        for k in range(15):
+            name = f"{prefix}{k}"
+            store.begin_round(name, {"job": prefix})
+            store.write(name, "a", np.full((4, 4), 200, np.uint8))
+            store.complete_round(name, ["a"])
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(label_rounds, ["x", "y"]))
+    rounds = PseudoLabelStore(tmp_path / "store").rounds()
+    assert sorted(r["name"] for r in rounds) == sorted(f"{p}{k}" for p in "xy" for k in range(15))
+    assert all(r["complete"] for r in rounds)

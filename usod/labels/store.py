@@ -21,11 +21,12 @@ every rank must call them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,23 @@ class PseudoLabelStore:
                 self._known_complete.add(entry["name"])
         return manifest
 
+    @contextlib.contextmanager
+    def _manifest_lock(self) -> Iterator[None]:
+        """Exclusive ``flock`` of ``.manifest.lock``: two processes writing rounds into one store (e.g. two
+        ``usod label`` runs) cannot lose each other's manifest updates. No-op where ``fcntl`` is missing."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".manifest.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def _save_manifest(self, manifest: dict[str, Any]) -> None:
         if not self.is_writer:
             return
@@ -290,37 +308,38 @@ class PseudoLabelStore:
                 json.dumps(meta)
             except TypeError as err:
                 raise ValueError(f"round {name!r}: meta must be JSON serialisable ({err})") from err
-        manifest = self._load_manifest()
-        entry = self._entry(manifest, name)
-        if entry is not None and entry.get("complete") and not overwrite:
-            raise FileExistsError(
-                f"pseudo-label round {name!r} in {self.root} is already complete; pass overwrite=True to "
-                "start it again (the old labels are moved to retired/), or choose a new round name"
-            )
-        path = self._round_path(name)
-        if self.is_writer:
-            if entry is not None and entry.get("complete"):
-                self._retire(manifest, name, "overwrite")
-                entry = None
-            elif not resume and (entry is not None or path.exists()):
-                self._retire(manifest, name, "restart without resume")
-                entry = None
-            path.mkdir(parents=True, exist_ok=True)
-            if entry is None:
-                manifest["rounds"].append(
-                    {
-                        "name": name,
-                        "created": _now(),
-                        "meta": dict(meta or {}),
-                        "num_labels": 0,
-                        "complete": False,
-                        "completed": None,
-                    }
+        with self._manifest_lock():  # one read-modify-write at a time, also across processes
+            manifest = self._load_manifest()
+            entry = self._entry(manifest, name)
+            if entry is not None and entry.get("complete") and not overwrite:
+                raise FileExistsError(
+                    f"pseudo-label round {name!r} in {self.root} is already complete; pass overwrite=True to "
+                    "start it again (the old labels are moved to retired/), or choose a new round name"
                 )
-            elif meta is not None and entry.get("meta") != meta:
-                entry.setdefault("meta_history", []).append(entry.get("meta"))
-                entry["meta"] = dict(meta)
-            self._save_manifest(manifest)
+            path = self._round_path(name)
+            if self.is_writer:
+                if entry is not None and entry.get("complete"):
+                    self._retire(manifest, name, "overwrite")
+                    entry = None
+                elif not resume and (entry is not None or path.exists()):
+                    self._retire(manifest, name, "restart without resume")
+                    entry = None
+                path.mkdir(parents=True, exist_ok=True)
+                if entry is None:
+                    manifest["rounds"].append(
+                        {
+                            "name": name,
+                            "created": _now(),
+                            "meta": dict(meta or {}),
+                            "num_labels": 0,
+                            "complete": False,
+                            "completed": None,
+                        }
+                    )
+                elif meta is not None and entry.get("meta") != meta:
+                    entry.setdefault("meta_history", []).append(entry.get("meta"))
+                    entry["meta"] = dict(meta)
+                self._save_manifest(manifest)
         # Other ranks wait for rank 0 to retire old files before writing into the directory.
         barrier()
         path.mkdir(parents=True, exist_ok=True)
@@ -401,25 +420,27 @@ class PseudoLabelStore:
         elif not done:
             raise FileNotFoundError(f"pseudo-label round {round_name!r} has no labels in {base}")
         if self.is_writer:
-            manifest = self._load_manifest()
-            entry = self._entry(manifest, round_name)
-            if entry is None:  # directory made outside begin_round (e.g. by hand): register it
-                entry = {"name": round_name, "created": _now(), "meta": {}}
-                manifest["rounds"].append(entry)
-            entry.update(num_labels=len(done), complete=True, completed=_now())
-            manifest["current"] = round_name
-            self._save_manifest(manifest)
+            with self._manifest_lock():
+                manifest = self._load_manifest()
+                entry = self._entry(manifest, round_name)
+                if entry is None:  # directory made outside begin_round (e.g. by hand): register it
+                    entry = {"name": round_name, "created": _now(), "meta": {}}
+                    manifest["rounds"].append(entry)
+                entry.update(num_labels=len(done), complete=True, completed=_now())
+                manifest["current"] = round_name
+                self._save_manifest(manifest)
         barrier()
         self._known_complete.add(round_name)
 
     def set_current(self, round_name: str) -> None:
         """Makes an earlier complete round current again (rank 0 writes the manifest)."""
-        manifest = self._load_manifest()
-        entry = self._entry(manifest, round_name)
-        if entry is None or not entry.get("complete"):
-            raise ValueError(f"pseudo-label round {round_name!r} is not a complete round of {self.root}")
-        manifest["current"] = round_name
-        self._save_manifest(manifest)
+        with self._manifest_lock():
+            manifest = self._load_manifest()
+            entry = self._entry(manifest, round_name)
+            if entry is None or not entry.get("complete"):
+                raise ValueError(f"pseudo-label round {round_name!r} is not a complete round of {self.root}")
+            manifest["current"] = round_name
+            self._save_manifest(manifest)
 
     def current_round(self) -> str | None:
         """Name of the current (latest completed, unless changed) round, or ``None``."""
