@@ -268,3 +268,29 @@ def test_demo_rewrites_interrupted_data_and_refuses_other_settings(tmp_path, cap
     assert len(list((data / "images").iterdir())) == 4
     assert main([*argv[:-1], "48"]) == 2
     assert "other data settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["label", "--ckpt", "c", "--out", "o", "--round", "my round"], "invalid round name 'my round'"),
+        (["label", "--ckpt", "c", "--out", "o", "--dataset", "notaset"], "unknown dataset 'notaset'"),
+        (["label", "--ckpt", "c", "--out", "o", "--image-size", "0"], "--image-size: must be >= 1, got 0"),
+        (["predict", "--ckpt", "c", "--input", "i", "--output", "o", "--batch-size", "0"], "must be >= 1"),
+        (["demo", "--n", "x"], "'x' is not an integer"),
+        (["evaluate", "--gt", "g", "--pred", "p", "--workers", "-1"], "must be >= 0, got -1"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(argv, problem, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and problem in capsys.readouterr().err
+
+
+def test_evaluate_checks_its_output_paths_before_scoring(tmp_path, capsys) -> None:
+    masks = write_dataset(tmp_path / "d", "rgb", 2, size=(32, 32)) / "masks"
+    base = ["evaluate", "--gt", str(masks), "--pred", str(masks)]
+    assert main([*base, "--plot", str(tmp_path / "curves.xyz")]) == 2
+    assert "unsupported plot format" in capsys.readouterr().err
+    assert main([*base, "--json", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err

@@ -12,14 +12,18 @@ import json
 import time
 from pathlib import Path
 
+from usod.commands import non_negative_int, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
-    parser.add_argument("--n", type=int, default=240, help="synthetic training images")
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=10, help="stage-1 epochs")
-    parser.add_argument("--stage2-epochs", type=int, default=6, help="stage-2 epochs (0: stage 1 only)")
-    parser.add_argument("--workers", type=int, default=2, help="data and CRF worker processes")
+    parser.add_argument("--n", type=positive_int, default=240, help="synthetic training images")
+    parser.add_argument("--image-size", type=positive_int, default=128)
+    parser.add_argument("--epochs", type=positive_int, default=10, help="stage-1 epochs")
+    parser.add_argument(
+        "--stage2-epochs", type=non_negative_int, default=6, help="stage-2 epochs (0: stage 1 only)"
+    )
+    parser.add_argument("--workers", type=non_negative_int, default=2, help="data and CRF worker processes")
     parser.add_argument("--seed", type=int, default=0)
 
 

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 import torch
 
+from usod.commands import non_negative_int
 from usod.data.io import IMAGE_EXTENSIONS, InvalidInputError, read_mask
 from usod.metrics import SCORE_KEYS, SODMetrics
 from usod.progress import progress_bar
@@ -345,11 +346,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plot", type=Path, default=None, help="write PR and F-threshold curves to this image"
     )
-    parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = none)")
+    parser.add_argument("--workers", type=non_negative_int, default=0, help="worker processes (0 = none)")
     parser.add_argument(
         "--strict", action="store_true", help="fail when a ground-truth file has no prediction"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _check_outputs(json_path: Path | None, plot_path: Path | None) -> None:
+    """Refuse output paths that could only fail once every map is scored."""
+    for path in (json_path, plot_path):
+        if path is not None and path.is_dir():
+            raise InvalidInputError(path, "is a folder; give a file name")
+    if plot_path is not None:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        formats = sorted(FigureCanvasBase.get_supported_filetypes())
+        if plot_path.suffix.lower().lstrip(".") not in formats:
+            shown = ", ".join("." + f for f in formats)
+            raise InvalidInputError(plot_path, f"unsupported plot format; use one of {shown}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -366,6 +381,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        _check_outputs(args.json, args.plot)  # before the scoring, not after it
         gt_maps = list_maps(args.gt)
         if not gt_maps:
             raise InvalidInputError(args.gt, "contains no image files")

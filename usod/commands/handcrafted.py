@@ -11,6 +11,8 @@ import argparse
 import time
 from pathlib import Path
 
+from usod.commands import non_negative_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from usod.handcrafted import HANDCRAFTED
@@ -20,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--input", required=True, type=Path, help="folder of images (searched recursively)")
     parser.add_argument("--output", required=True, type=Path, help="folder for the PNG maps")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (0: this process)")
+    parser.add_argument(
+        "--workers", type=non_negative_int, default=2, help="worker processes (0: this process)"
+    )
     parser.add_argument("--resume", action="store_true", help="skip images whose map already exists")
 
 

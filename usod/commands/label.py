@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from usod.commands import dataset_name, non_negative_int, positive_int, round_name
 from usod.commands._devices import add_device_arguments
 from usod.data.io import InvalidInputError
 
@@ -47,7 +48,9 @@ _OVERRIDES = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint of any usod module")
-    parser.add_argument("--dataset", help="registered dataset name (see `usod list datasets`)")
+    parser.add_argument(
+        "--dataset", type=dataset_name, help="registered dataset name (see `usod list datasets`)"
+    )
     parser.add_argument("--root", type=Path, help="dataset root folder")
     parser.add_argument("--split", default=None, help="dataset split (default: the dataset's training split)")
     parser.add_argument(
@@ -56,20 +59,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="pseudo-label store folder")
     parser.add_argument(
         "--round",
+        type=round_name,
         default="stage1",
         help="round to write (default: stage1); raw maps go to <round>-raw",
     )
     parser.add_argument(
         "--image-size",
-        type=int,
+        type=positive_int,
         default=None,
         help=f"network input size (default: the config's, else training's, else {DEFAULT_IMAGE_SIZE})",
     )
-    parser.add_argument("--batch-size", type=int, default=None, help="prediction batch size (default 16)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=None, help="prediction batch size (default 16)"
+    )
     parser.add_argument("--no-crf", action="store_true", help="skip the denseCRF (threshold + median only)")
     parser.add_argument("--median", type=int, default=7, help="median filter window, odd (1: none; A2S: 7)")
     parser.add_argument(
-        "--workers", type=int, default=None, help="data-loading and CRF worker processes (default 2)"
+        "--workers", type=non_negative_int, default=None, help="data-loading and CRF processes (default 2)"
     )
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
     add_device_arguments(parser)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from usod.commands import non_negative_int, positive_int
 from usod.data.io import (
     IMAGE_EXTENSIONS,
     InvalidInputError,
@@ -197,7 +198,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, help="folder of images or a video file")
     parser.add_argument("--output", required=True, type=Path, help="folder for the PNG maps")
     parser.add_argument(
-        "--image-size", type=int, default=None, help="network input size (default: training's)"
+        "--image-size", type=positive_int, default=None, help="network input size (default: training's)"
     )
     parser.add_argument(
         "--aux-dir",
@@ -208,8 +209,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flow-cache", type=Path, default=None, help="cache of computed flow (default OUTPUT/.usod_flow)"
     )
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-workers", type=int, default=2, help="image-decoding workers")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--num-workers", type=non_negative_int, default=2, help="image-decoding workers")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--crf", action="store_true", help="denseCRF + median filter (A2S eq. 6) on each map")
     parser.add_argument("--overlay", action="store_true", help="also write OUTPUT/overlay/<id>.jpg")
