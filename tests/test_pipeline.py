@@ -186,6 +186,7 @@ def test_config_errors_name_the_file(data, tmp_path, capsys) -> None:
         ({"image_size": "sixty"}, "image_size must be a positive integer"),
         ({"eval": [{"dataset": "folder", "root": str(tmp_path / "nope")}]}, "eval[0].root"),
         ({"eval": [{"dataset": "nope", "root": str(heldout)}]}, "eval[0].dataset: unknown 'nope'"),
+        ({"eval": [{"dataset": "folder", "root": str(train)}]}, "eval[0].root is the training root"),
     ]:
         config = _config(tmp_path / "early.yaml", train, heldout, tmp_path / "early", **extra)
         assert main(["pipeline", "--config", str(config)]) == 2, extra

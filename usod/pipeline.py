@@ -176,6 +176,14 @@ class PipelineConfig:
                 raise ValueError(f"{where}dataset: unknown {dataset!r}; registered: {sorted(DATASETS)}")
             if where and not root.exists():  # the training root is read first anyway; eval roots at the end
                 raise ValueError(f"{where}root: {str(root)!r} does not exist")
+            if where and root.resolve() == self.root.resolve():
+                raise ValueError(
+                    f"{where}root is the training root: a held-out set must hold other images (the report "
+                    "scores the pseudo labels on the training images already)"
+                )
+        blocker = next((p for p in (self.out, *self.out.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise ValueError(f"out: {str(blocker)!r} is a file, not a folder")
         from usod.models.cue_extractor import CueExtractor
         from usod.models.saliency_detector import SaliencyDetector
 

@@ -469,3 +469,13 @@ def test_concurrent_writers_do_not_lose_manifest_updates(tmp_path) -> None:
     rounds = PseudoLabelStore(tmp_path / "store").rounds()
     assert sorted(r["name"] for r in rounds) == sorted(f"{p}{k}" for p in "xy" for k in range(15))
     assert all(r["complete"] for r in rounds)
+
+
+def test_a_file_where_the_store_goes_is_a_clear_error(tmp_path) -> None:
+    from usod.data.io import InvalidInputError
+
+    (tmp_path / "afile").write_text("x")
+    for root in (tmp_path / "afile", tmp_path / "afile" / "labels"):
+        with pytest.raises(InvalidInputError, match="is a file, not a folder") as exc:
+            PseudoLabelStore(root)
+        assert exc.value.path == tmp_path / "afile"

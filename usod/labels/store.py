@@ -154,6 +154,11 @@ class PseudoLabelStore:
         self.root = Path(root)
         self._rank = rank
         self._known_complete: set[str] = set()
+        blocker = next((p for p in (self.root, *self.root.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            from usod.data.io import InvalidInputError
+
+            raise InvalidInputError(blocker, "is a file, not a folder (where the pseudo-label store goes)")
         self.root.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ paths and rank
