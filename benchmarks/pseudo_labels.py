@@ -55,7 +55,7 @@ def score_baselines(dataset, backbone: dict, image_size: int, batch_size: int = 
         images = torch.stack([transform({"image": s["image"]})["image"] for s in samples])
         deepest = encoder(images)[-1].mean(1, keepdim=True)
         for sample, act in zip(samples, deepest, strict=True):
-            mask = torch.from_numpy(sample["mask"])[None]
+            mask = torch.tensor(sample["mask"])[None]  # a copy: the decoded array is read-only
             h, w = sample["mask"].shape
             act = F.interpolate(act[None], size=(h, w), mode="bilinear", align_corners=False)[0]
             act = (act - act.min()) / (act.max() - act.min()).clamp_min(1e-8)
