@@ -148,3 +148,27 @@ def test_bad_folders_and_names(folders: dict, tmp_path: Path, capsys: pytest.Cap
     args = _parse(["--gt", str(folders["gt"]), "--pred", str(folders["pred"]), "--no-progress"])
     assert evaluate.run(args) == 2
     assert "same stem" in capsys.readouterr().err
+
+
+def test_inputs_the_reference_conventions_misread_are_noted(tmp_path, capsys) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from usod.cli import main
+
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    gt.mkdir()
+    pred.mkdir()
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:30, 10:30] = 255
+    for i in range(3):
+        Image.fromarray(mask).save(gt / f"{i}.png")
+    Image.fromarray((mask.astype(np.uint16))).save(pred / "0.png")  # 16-bit PNG holding 0..255
+    Image.fromarray(np.dstack([mask] * 3 + [mask])).save(pred / "1.png")  # RGBA
+    Image.fromarray(mask[:, :20]).save(pred / "2.png")  # half the width
+    assert main(["evaluate", "--gt", str(gt), "--pred", f"M={pred}"]) == 0
+    err = capsys.readouterr().err
+    assert "M: note: 16-bit PNG predictions" in err and "0.png" in err
+    assert "M: note: predictions with an alpha channel" in err
+    assert "M: note: predictions with another aspect ratio than their mask, resized (e.g." in err
+    assert "colour ground-truth" not in err

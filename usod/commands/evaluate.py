@@ -13,7 +13,9 @@ left out; ``--strict`` turns missing predictions into an error.
 
 Reading: ground truth through :func:`usod.data.io.read_mask` (handles 0/1, palette and colour masks);
 predictions with OpenCV as grayscale (colour maps are converted with the usual luma weights, 16-bit
-maps scaled to 8 bits), as the common SOD evaluation scripts do.
+maps scaled to 8 bits), as the common SOD evaluation scripts do. Inputs those conventions probably misread
+are named in a note on stderr: 16-bit or alpha-channel PNG predictions, predictions with another aspect
+ratio than their mask, colour ground truth.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 
 from usod.commands import non_negative_int
-from usod.data.io import IMAGE_EXTENSIONS, InvalidInputError, read_mask
+from usod.data.io import IMAGE_EXTENSIONS, InvalidInputError, read_mask_checked
 from usod.metrics import SCORE_KEYS, SODMetrics
 from usod.progress import progress_bar
 
@@ -117,15 +119,50 @@ def read_prediction(path: str | Path) -> np.ndarray:
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         raise InvalidInputError(path, "file is empty (0 bytes)")
+    with contextlib.suppress(AttributeError):
+        cv2.setLogLevel(0)  # silent: failures are reported through InvalidInputError instead
     img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
     if img is None:
+        if path.suffix.lower() in (".tif", ".tiff"):  # e.g. float TIFFs, which OpenCV reads only unchanged
+            from usod.data.io import read_mask
+
+            return read_mask(path)
         raise InvalidInputError(path, "not a readable image (unknown format or corrupt)")
     return img
 
 
-def _load_pair(gt_path: Path, pred_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    gt = np.require(read_mask(gt_path), requirements="W")  # torch wants writable arrays
+def _png_header(path: Path) -> tuple[int, int] | None:
+    """``(bit depth, colour type)`` of a PNG from its IHDR chunk, without decoding it (else ``None``)."""
+    with open(path, "rb") as handle:
+        head = handle.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def _load_pair(gt_path: Path, pred_path: Path, notes: dict[str, str] | None = None) -> tuple[np.ndarray, ...]:
+    """``(pred, gt)`` as HxW uint8, the prediction resized to the mask when their sizes differ.
+
+    Inputs that score, as the reference toolkits read them, differently from what was probably meant are
+    noted in ``notes`` (note -> first file): 16-bit or alpha-channel PNG predictions, a prediction whose
+    aspect ratio differs from its mask's, colour ground truth.
+    """
+    gt, fixes = read_mask_checked(gt_path)
+    gt = np.require(gt, requirements="W")  # torch wants writable arrays
     pred = read_prediction(pred_path)
+    if notes is not None:
+        header = _png_header(pred_path)
+        if header is not None and header[0] == 16:
+            notes.setdefault(
+                "16-bit PNG predictions, read as 8 bits by dropping the low byte", str(pred_path)
+            )
+        if header is not None and header[1] in (4, 6):
+            notes.setdefault("predictions with an alpha channel, whose alpha is ignored", str(pred_path))
+        (ph, pw), (gh, gw) = pred.shape, gt.shape
+        if abs(ph * gw - pw * gh) > 0.02 * max(ph * gw, pw * gh):
+            notes.setdefault("predictions with another aspect ratio than their mask, resized", str(pred_path))
+        if any(f.startswith("colour mask") for f in fixes):
+            notes.setdefault("colour ground-truth files, reduced to their brightest channel", str(gt_path))
     if pred.shape != gt.shape:
         pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
     return pred, gt
@@ -133,21 +170,23 @@ def _load_pair(gt_path: Path, pred_path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _score_chunk(
     pairs: Sequence[tuple[Path, Path]],
-) -> tuple[dict[str, np.ndarray], int, tuple[str, str] | None]:
+) -> tuple[dict[str, np.ndarray], int, tuple[str, str] | None, dict[str, str]]:
     """Score (gt, pred) files into SODMetrics states; runs in workers too.
 
     Returns:
-        ``(states, count, error)``; ``error`` is ``(path, problem)`` of an unreadable file, passed
-        back as plain strings because the exception itself does not survive pickling.
+        ``(states, count, error, notes)``; ``error`` is ``(path, problem)`` of an unreadable file, passed
+        back as plain strings because the exception itself does not survive pickling; ``notes`` as in
+        :func:`_load_pair`.
     """
     metric = SODMetrics()
+    notes: dict[str, str] = {}
     for gt_path, pred_path in pairs:
         try:
-            pred, gt = _load_pair(gt_path, pred_path)
+            pred, gt = _load_pair(gt_path, pred_path, notes)
         except InvalidInputError as err:
-            return {}, 0, (str(err.path), err.problem)
+            return {}, 0, (str(err.path), err.problem), notes
         metric.update(torch.from_numpy(pred)[None], torch.from_numpy(gt)[None])
-    return {name: value.numpy() for name, value in metric.metric_state.items()}, len(pairs), None
+    return {name: value.numpy() for name, value in metric.metric_state.items()}, len(pairs), None, notes
 
 
 def _worker_init() -> None:
@@ -175,11 +214,16 @@ def _score_pairs(
     results = map(_score_chunk, chunks) if pool is None else pool.imap_unordered(_score_chunk, chunks)
     with progress_bar(total=len(pairs), desc=desc, unit="img", enabled=progress) as bar:
         # integer fixed-point states: summing them in any order gives identical results
-        for states, count, error in results:
+        notes: dict[str, str] = {}
+        for states, count, error, chunk_notes in results:
             if error is not None:
                 raise InvalidInputError(*error)
             metric.merge_state({name: torch.from_numpy(value) for name, value in states.items()})
+            for note, path in chunk_notes.items():
+                notes.setdefault(note, path)
             bar.update(count)
+    for note, path in sorted(notes.items()):
+        print(f"{desc}: note: {note} (e.g. {path})", file=sys.stderr)
     return metric
 
 
