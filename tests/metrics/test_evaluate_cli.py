@@ -163,7 +163,7 @@ def test_inputs_the_reference_conventions_misread_are_noted(tmp_path, capsys) ->
     mask[10:30, 10:30] = 255
     for i in range(3):
         Image.fromarray(mask).save(gt / f"{i}.png")
-    Image.fromarray((mask.astype(np.uint16))).save(pred / "0.png")  # 16-bit PNG holding 0..255
+    Image.fromarray(mask.astype(np.uint16)).save(pred / "0.png")  # 16-bit PNG holding 0..255
     Image.fromarray(np.dstack([mask] * 3 + [mask])).save(pred / "1.png")  # RGBA
     Image.fromarray(mask[:, :20]).save(pred / "2.png")  # half the width
     assert main(["evaluate", "--gt", str(gt), "--pred", f"M={pred}"]) == 0
