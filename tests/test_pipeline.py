@@ -290,3 +290,31 @@ def test_resume_refuses_changed_settings_and_redoes_what_a_retrained_stage_feeds
     assert all(_mtime(p) > stamp for p, stamp in stage1_labels.items())
     assert [p.name.split("-")[0] for p in (out / "retired").glob("*.ckpt")] == ["stage2"]
     assert (out / "stage2.ckpt").is_file() and any((out / "labels" / "retired").iterdir())
+
+
+def test_skip_invalid_leaves_broken_eval_samples_out(tmp_path) -> None:
+    import shutil
+
+    from usod.pipeline import PipelineConfig, run_pipeline
+
+    train = write_dataset(tmp_path / "train", "rgb", 4, seed=1, size=(32, 32))
+    heldout = tmp_path / "heldout"
+    shutil.copytree(write_dataset(tmp_path / "h", "rgb", 3, seed=2, size=(32, 32)), heldout)
+    sorted((heldout / "masks").iterdir())[0].unlink()  # an eval image without its mask
+    settings = {
+        "root": train,
+        "image_size": 32,
+        "batch_size": 4,
+        "num_workers": 0,
+        "postprocess_workers": 0,
+        "stage1_epochs": 1,
+        "stage1": {"backbone": TINY},
+        "stage2_epochs": 0,
+        "eval": [{"name": "h", "dataset": "folder", "root": str(heldout)}],
+        "accelerator": "cpu",
+    }
+    with pytest.raises(ValueError, match=r"eval\[0\]: .*skip_invalid: true` in a pipeline config"):
+        PipelineConfig(out=tmp_path / "strict", **settings)  # found before training
+    assert not (tmp_path / "strict").exists()
+    summary = run_pipeline(PipelineConfig(out=tmp_path / "lenient", skip_invalid=True, **settings))
+    assert summary["eval"]["h/stage1"]["n"] == 2

@@ -94,6 +94,8 @@ class PipelineConfig:
         performance: :class:`~usod.callbacks.PerformanceOptions` arguments for both stages, e.g.
             ``{"channels_last": true, "compile": true}``.
         cache_images: Keep decoded, resized images in memory (see ``SODDataModule``).
+        skip_invalid: Leave out samples with a missing or unreadable file (image, mask, depth...) in the
+            training and eval sets instead of stopping (see ``SODDataset``); ``usod data inspect`` lists them.
         seed: Global seed; stage 1 starts from ``seed`` and stage 2 from ``seed + 1``, whatever ran before
             in the process (a resumed pipeline trains each stage as an uninterrupted one).
         log_every_n_steps: Training steps between logged losses.
@@ -129,6 +131,7 @@ class PipelineConfig:
     precision: str = "32-true"
     performance: dict[str, Any] = field(default_factory=dict)
     cache_images: bool = False
+    skip_invalid: bool = False
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -181,6 +184,20 @@ class PipelineConfig:
                     f"{where}root is the training root: a held-out set must hold other images (the report "
                     "scores the pseudo labels on the training images already)"
                 )
+        for index, entry in enumerate(self.eval):  # opened now (file lists only), read after training
+            from usod.data.datasets import get_dataset
+            from usod.data.io import InvalidInputError
+
+            try:
+                get_dataset(
+                    entry["dataset"],
+                    root=entry["root"],
+                    split=entry.get("split"),
+                    with_masks=True,
+                    skip_invalid=self.skip_invalid,
+                )
+            except InvalidInputError as err:
+                raise ValueError(f"eval[{index}]: {err}") from None
         blocker = next((p for p in (self.out, *self.out.parents) if p.exists()), None)
         if blocker is not None and not blocker.is_dir():
             raise ValueError(f"out: {str(blocker)!r} is a file, not a folder")
@@ -234,6 +251,7 @@ def _datamodule(config: PipelineConfig, pseudo_dir: Path | None = None, stage: i
         pseudo_dir=pseudo_dir,
         seed=config.seed,
         cache_images=config.cache_images,
+        skip_invalid=config.skip_invalid,
     )
 
 
@@ -634,7 +652,13 @@ def score_round(config: PipelineConfig, round_name: str, distributed: bool = Fal
     from usod.metrics import SODMetrics
 
     try:
-        dataset = get_dataset(config.dataset, root=config.root, split=config.split, with_masks=True)
+        dataset = get_dataset(
+            config.dataset,
+            root=config.root,
+            split=config.split,
+            with_masks=True,
+            skip_invalid=config.skip_invalid,
+        )
     except InvalidInputError:
         return None  # no ground truth: nothing to score against
     if any(files.mask is None for files in dataset.files):
@@ -746,7 +770,11 @@ def evaluate_stages(config: PipelineConfig) -> dict[str, dict[str, Any]]:
             if not ckpt.is_file():
                 continue
             dataset = get_dataset(
-                entry["dataset"], root=entry["root"], split=entry.get("split"), with_masks=True
+                entry["dataset"],
+                root=entry["root"],
+                split=entry.get("split"),
+                with_masks=True,
+                skip_invalid=config.skip_invalid,
             )
             results[f"{eval_name(entry)}/{stage}"] = evaluate_checkpoint(
                 ckpt,
@@ -794,9 +822,17 @@ def _grid(config: PipelineConfig, rounds: list[str], path: Path, n: int = 6) -> 
 
     store = PseudoLabelStore(config.out / "labels")
     try:
-        dataset = get_dataset(config.dataset, root=config.root, split=config.split, with_masks=True)
+        dataset = get_dataset(
+            config.dataset,
+            root=config.root,
+            split=config.split,
+            with_masks=True,
+            skip_invalid=config.skip_invalid,
+        )
     except Exception:  # noqa: BLE001 - no masks: show what exists
-        dataset = get_dataset(config.dataset, root=config.root, split=config.split)
+        dataset = get_dataset(
+            config.dataset, root=config.root, split=config.split, skip_invalid=config.skip_invalid
+        )
     cell = 128
     rows = []
     for index in range(min(n, len(dataset))):
@@ -866,7 +902,7 @@ def write_report(config: PipelineConfig, timings: dict[str, float]) -> dict[str,
 #: Settings that decide each step's output (the others only say where and how fast it runs).
 STAGE1_SETTINGS = (
     "dataset", "root", "split", "image_size", "batch_size", "stage1_epochs", "stage1", "postprocess", "seed",
-    "precision",
+    "precision", "skip_invalid",
 )  # fmt: skip
 STAGE2_SETTINGS = ("stage2_epochs", "stage2_image_size", "stage2")
 

@@ -219,7 +219,12 @@ class SODDataset(Dataset):
     def _missing(self, path: Path, problem: str) -> None:
         """Record a sample that cannot be built, or raise when ``skip_invalid`` is off."""
         if not self.skip_invalid:
-            raise InvalidInputError(path, problem + " (pass skip_invalid=True to skip such samples)")
+            raise InvalidInputError(
+                path,
+                problem
+                + " (skip_invalid=True leaves such samples out: `--data.init_args.skip_invalid true`, "
+                "`skip_invalid: true` in a pipeline config)",
+            )
         self.skipped.append((path, problem))
 
     def _layout_error(self, expected: Iterable[str], what: str = "") -> LayoutError:
