@@ -63,14 +63,17 @@ def settings(data: Path, out: Path) -> dict[str, Any]:
             "lr_milestones": [],
             "hflip": False,
         },
-        "eval": [{"name": "heldout", "dataset": "folder", "root": str(data)}],
+        "eval": [{"name": "heldout", "dataset": "folder", "root": str(data.parent / "heldout")}],
         "accelerator": "cpu",
     }
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("pipeline-ddp") / "rgb", "rgb", N_IMAGES, size=(40, 48))
+    """The training set; a held-out set lies beside it in ``heldout/``."""
+    folder = tmp_path_factory.mktemp("pipeline-ddp")
+    write_dataset(folder / "heldout", "rgb", 3, seed=7, size=(40, 48))
+    return write_dataset(folder / "rgb", "rgb", N_IMAGES, size=(40, 48))
 
 
 def scenario(rank: int, world: int, out: Path, *, data: Path) -> None:
