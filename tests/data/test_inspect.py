@@ -92,3 +92,13 @@ def test_cli_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "not an existing folder" in capsys.readouterr().err
     assert run_cli("--name", "imagenet", "--root", str(tmp_path)) == 2
     assert "unknown dataset" in capsys.readouterr().err
+
+
+def test_broken_symlinks_are_reported(tmp_path) -> None:
+    from usod.data.inspect import inspect_dataset
+    from usod.data.synth import write_dataset
+
+    root = write_dataset(tmp_path / "d", "rgb", 3, size=(32, 32))
+    (root / "images" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    report = inspect_dataset("folder", root)
+    assert any("gone.jpg: broken symbolic link" in p for p in report.problems)

@@ -105,16 +105,21 @@ def index_folder(
     """Map file stem -> path for the image files directly inside ``folder``.
 
     Hidden files are ignored. When two files share a stem, the extension earlier in ``exts`` wins and the
-    other is reported as a duplicate.
+    other is reported as a duplicate; a symbolic link to nothing is reported too.
 
     Returns:
-        ``(index, duplicates)`` where duplicates are ``(path, problem)`` pairs.
+        ``(index, problems)`` where problems are ``(path, problem)`` pairs.
     """
     rank = {e: i for i, e in enumerate(exts)}
     index: dict[str, Path] = {}
     duplicates: list[tuple[Path, str]] = []
     with os.scandir(folder) as it:
-        entries = sorted((e for e in it if e.is_file() and not e.name.startswith(".")), key=lambda e: e.name)
+        visible = [e for e in it if not e.name.startswith(".")]
+    for entry in visible:
+        broken = entry.is_symlink() and not entry.is_file() and not entry.is_dir()
+        if broken and Path(entry.name).suffix.lower() in rank:
+            duplicates.append((Path(entry.path), "broken symbolic link (no such target), left out"))
+    entries = sorted((e for e in visible if e.is_file()), key=lambda e: e.name)
     for entry in entries:
         path = Path(entry.path)
         ext = path.suffix.lower()
