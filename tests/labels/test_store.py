@@ -479,3 +479,17 @@ def test_a_file_where_the_store_goes_is_a_clear_error(tmp_path) -> None:
         with pytest.raises(InvalidInputError, match="is a file, not a folder") as exc:
             PseudoLabelStore(root)
         assert exc.value.path == tmp_path / "afile"
+
+
+def test_reopening_a_round_removes_stale_half_written_files(tmp_path) -> None:
+    import time
+
+    store = PseudoLabelStore(tmp_path / "store")
+    folder = store.begin_round("r")
+    stale, fresh = folder / ".tmp-abc.png.part", folder / ".tmp-def.png.part"
+    for part in (stale, fresh):
+        part.write_bytes(b"half")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))  # left by a writer killed an hour ago
+    store.begin_round("r")  # resume
+    assert not stale.exists() and fresh.exists()  # a running writer's file is left alone

@@ -124,6 +124,21 @@ def validate_sample_id(sample_id: str) -> str:
     return sample_id
 
 
+def _remove_stale_parts(folder: Path, age_s: float = 600.0) -> None:
+    """Delete half-written ``.tmp-*.part`` files older than ``age_s`` left under ``folder`` by killed writers.
+
+    They are never read (labels appear only through ``os.replace``); the age keeps the files of a writer that
+    is still running.
+    """
+    import time
+
+    cutoff = time.time() - age_s
+    for part in folder.rglob(f"{TMP_PREFIX}*.part"):
+        with contextlib.suppress(OSError):
+            if part.stat().st_mtime < cutoff:
+                part.unlink()
+
+
 def _validate_round_name(name: str) -> str:
     if not isinstance(name, str) or not _ROUND_NAME.match(name):
         raise ValueError(
@@ -345,6 +360,7 @@ class PseudoLabelStore:
                     entry.setdefault("meta_history", []).append(entry.get("meta"))
                     entry["meta"] = dict(meta)
                 self._save_manifest(manifest)
+                _remove_stale_parts(path)
         # Other ranks wait for rank 0 to retire old files before writing into the directory.
         barrier()
         path.mkdir(parents=True, exist_ok=True)
