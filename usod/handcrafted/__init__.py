@@ -9,9 +9,6 @@ command line).
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from usod.handcrafted.mc import mc
 from usod.handcrafted.mr import manifold_ranking
 from usod.handcrafted.rbd import rbd
 from usod.handcrafted.superpixels import SuperpixelGraph, superpixel_graph
+from usod.ops.workers import worker_pool
 
 __all__ = [
     "HANDCRAFTED",
@@ -71,12 +69,6 @@ def _run_one(task: tuple[str, str, str, dict[str, Any]]) -> str:
     return out_path
 
 
-def _init_worker() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one image per process; more threads would oversubscribe the cores
-
-
 def run_files(
     name: str,
     tasks: Sequence[tuple[str | Path, str | Path]],
@@ -120,11 +112,7 @@ def run_files(
                 if bar is not None:
                     bar.update(1)
             return written
-        # Not "fork": the caller may hold torch threads that a forked child would inherit broken.
-        ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
-        with concurrent.futures.ProcessPoolExecutor(
-            min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker
-        ) as pool:
+        with worker_pool(min(workers, len(jobs))) as pool:
             for out in pool.map(_run_one, jobs, chunksize=max(1, chunksize)):
                 written.append(Path(out))
                 if bar is not None:

@@ -12,9 +12,6 @@ defaults to that soft form, :class:`PostProcessConfig` to the official one.
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +23,7 @@ import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_softmax
 
 from usod.labels.store import write_png_atomic
+from usod.ops.workers import worker_pool
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _EPS = 1e-5
@@ -238,11 +236,6 @@ def _run_one(task: tuple[Any, Any, PostProcessConfig, str | None]) -> np.ndarray
     return label
 
 
-def _init_worker() -> None:
-    # One CRF per process; extra OpenCV threads would only oversubscribe the cores.
-    cv2.setNumThreads(1)
-
-
 def _map(
     tasks: list[Any],
     workers: int,
@@ -267,11 +260,7 @@ def _map(
         workers = min(workers, len(tasks))
         if chunksize is None:
             chunksize = max(1, min(16, len(tasks) // (workers * 4)))
-        # Not "fork": the caller may hold torch/CUDA threads that a forked child would inherit broken.
-        ctx = multiprocessing.get_context(mp_context or ("forkserver" if os.name == "posix" else "spawn"))
-        with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker
-        ) as pool:
+        with worker_pool(workers, mp_context) as pool:
             results = []
             it: Iterator[Any] = pool.map(_run_one, tasks, chunksize=chunksize)
             for result in it:  # map keeps input order
