@@ -108,6 +108,12 @@ def test_cli_fit_and_test_log_everything_to_an_offline_run(tmp_path: Path, wandb
     assert {"saliency_detector", "folder-data", "rgb", "olr"} <= set(run.tags)
     assert run.config["method"] == "saliency_detector" and run.config["dataset_name"] == "folder-data"
     assert run.config["label_update"] == "olr"  # the module's hyper-parameters
+    # the whole command-line configuration: trainer settings and classes too
+    assert run.config["cli"]["trainer"]["max_epochs"] == 2
+    assert run.config["cli"]["model"]["class_path"] == "usod.models.saliency_detector.SaliencyDetector"
+    # one value per epoch: the decoder's rate, decayed after epoch 1 of 2 (milestones 0.6, 0.8 of 2 epochs)
+    assert run.values("lr") == [pytest.approx(0.005), pytest.approx(0.0005)]
+    assert run.values("lr_group0") == [pytest.approx(0.0005), pytest.approx(0.00005)]  # the encoder at 0.1 x
     keys = run.keys()
     assert {"train_loss", "train_bce", "val_mae", "val_max_f", "val_mean_f", "val_adp_f"} <= keys
     assert {"val_max_e", "val_mean_e", "val_adp_e", "val_s_measure"} <= keys
@@ -168,6 +174,47 @@ def test_pipeline_logs_stages_and_label_rounds_to_one_run(tmp_path: Path, wandb_
     import wandb
 
     assert wandb.run is None  # the pipeline finished its run
+    assert run.exit_code == 0
+
+
+def test_failed_runs_are_recorded_as_failed(tmp_path: Path, wandb_offline: Path, monkeypatch) -> None:
+    """A crash must not show as a finished run on the dashboard (exit code 1, not 0)."""
+    import pytorch_lightning as pl
+    import torch
+
+    import usod.pipeline
+    from usod.loggers import UsodWandbLogger
+    from usod.models.base import USODModule
+
+    class Crashing(USODModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        def training_step(self, batch, batch_idx):
+            raise RuntimeError("boom")
+
+        def configure_optimizers(self):
+            return torch.optim.SGD([self.weight], lr=0.1)
+
+    logger = UsodWandbLogger(save_dir=str(tmp_path / "fit"), name="crash")
+    logger.log_hyperparams({"a": 1})  # the run starts before training, as with LightningCLI
+    trainer = pl.Trainer(max_epochs=1, logger=logger, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(Crashing(), torch.utils.data.DataLoader(torch.ones(2, 1)))
+    (fit_run,) = offline_runs(tmp_path / "fit")
+    assert fit_run.exit_code == 1
+
+    def crash(config):
+        raise RuntimeError("stage 1 failed")
+
+    monkeypatch.setattr(usod.pipeline, "train_stage1", crash)
+    root = write_dataset(tmp_path / "data", "rgb", 2, size=(32, 32))
+    config = usod.pipeline.PipelineConfig(out=tmp_path / "run", root=root, logger="wandb", accelerator="cpu")
+    with pytest.raises(RuntimeError, match="stage 1 failed"):
+        usod.pipeline.run_pipeline(config)
+    (job_run,) = offline_runs(tmp_path / "run")
+    assert job_run.exit_code == 1
 
 
 def test_logger_setting_errors() -> None:

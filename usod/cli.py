@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -51,6 +52,17 @@ def lightning_main(args: Sequence[str] | None = None) -> None:
                 describe = getattr(logger, "describe", None)
                 if callable(describe):
                     describe(self.model, getattr(self, "datamodule", None))
+                    # the whole command-line configuration (trainer, model and data classes, config files),
+                    # in the run itself: LightningCLI's config.yaml is shared by every run of a save_dir
+                    logger.log_hyperparams({"cli": self._config_dict()})
+
+        def _config_dict(self) -> dict[str, Any]:
+            import json
+
+            from jsonargparse import namespace_to_dict
+
+            config = self.config.get(self.subcommand) if self.subcommand else self.config
+            return json.loads(json.dumps(namespace_to_dict(config), default=str))
 
     import usod.models  # noqa: F401  (registers model classes for class_path resolution)
     from usod.progress import progress_enabled

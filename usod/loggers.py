@@ -212,6 +212,16 @@ class UsodWandbLogger(WandbLogger):
             self._wandb_init.pop("anonymous", None)
         self.identity: RunIdentity | None = None
 
+    def finalize(self, status: str) -> None:
+        """Lightning's end of a run; a failed one is finished with exit code 1, so dashboards show it failed.
+
+        (``WandbLogger`` leaves the run open and wandb then closes it at exit with code 0, which showed a
+        crashed run as finished.)
+        """
+        super().finalize(status)
+        if status == "failed" and self._experiment is not None and hasattr(self._experiment, "finish"):
+            self._experiment.finish(exit_code=1)
+
     def describe(self, model: Any, datamodule: Any = None) -> RunIdentity:
         """Name, group and tag the run after ``model`` and ``datamodule`` (call before the run starts).
 
@@ -502,11 +512,13 @@ def wandb_job(
         reinit="create_new",
     )
     token = _RUN.set(run)
+    failed = True
     try:
         yield run
+        failed = False
     finally:
         _RUN.reset(token)
-        run.finish()
+        run.finish(exit_code=1 if failed else 0)  # a job that raised shows as failed on the dashboard
 
 
 def active_run() -> Any:

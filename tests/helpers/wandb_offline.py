@@ -30,6 +30,7 @@ class OfflineRun:
     tags: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    exit_code: int | None = None
 
     def keys(self) -> set[str]:
         """Top-level keys of every history row (``a/b`` nested keys give ``a``)."""
@@ -99,6 +100,9 @@ def read_offline_run(folder: Path, wait_s: float = 20.0) -> OfflineRun:
             items = rec.run.config.update
         elif kind == "config":
             items = rec.config.update
+        elif kind == "exit":
+            run.exit_code = rec.exit.exit_code
+            continue
         elif kind == "history":
             row = {}
             for item in rec.history.item:

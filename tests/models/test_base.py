@@ -99,3 +99,12 @@ def test_eval_mode_warning_is_silenced_only_for_frozen_parts(recwarn: pytest.War
         mistaken.head = torch.nn.Linear(1, 1).eval()  # trainable, yet in eval mode: keep Lightning's warning
         _fit(mistaken, max_epochs=1)
         assert len(eval_mode_warnings()) == 1
+
+
+def test_the_learning_rate_of_every_epoch_is_logged() -> None:
+    from tests.helpers.training import quiet_trainer
+
+    module = _Recorder()
+    trainer = quiet_trainer(max_epochs=5)
+    trainer.fit(module, DataLoader(torch.ones(2, 1), batch_size=1))
+    assert float(trainer.callback_metrics["lr"]) == pytest.approx(0.01)  # the 5th epoch's rate

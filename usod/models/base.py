@@ -213,6 +213,21 @@ class USODModule(pl.LightningModule):
         if isinstance(hparams, dict) and "_class_path" not in hparams:
             hparams["_class_path"] = class_path
 
+    def on_train_epoch_start(self) -> None:
+        """Log the epoch's learning rate: ``lr``, the largest over the parameter groups (the module's rate;
+        encoders often train at a fraction of it), and ``lr_group<i>`` of each group when there are several.
+
+        Schedules (``step_decay``) change it during training; dashboards then show where it dropped.
+        """
+        trainer = self._trainer
+        if trainer is None or not trainer.optimizers:
+            return
+        rates = [float(group["lr"]) for group in trainer.optimizers[0].param_groups]
+        self.log("lr", max(rates), on_step=False, on_epoch=True, batch_size=1)
+        if len(rates) > 1:
+            for i, rate in enumerate(rates):
+                self.log(f"lr_group{i}", rate, on_step=False, on_epoch=True, batch_size=1)
+
     def on_fit_start(self) -> None:
         """Silence Lightning's "modules in eval mode" warning when only frozen parts are in eval mode.
 

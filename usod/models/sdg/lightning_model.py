@@ -241,6 +241,7 @@ class SDGCaptionGuided(USODModule):
         return self
 
     def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
         # Lightning keeps the modules' modes as they were when fitting started, so enforce them here too
         self._fix_untrained_modes()
 
