@@ -318,3 +318,40 @@ def test_skip_invalid_leaves_broken_eval_samples_out(tmp_path) -> None:
     assert not (tmp_path / "strict").exists()
     summary = run_pipeline(PipelineConfig(out=tmp_path / "lenient", skip_invalid=True, **settings))
     assert summary["eval"]["h/stage1"]["n"] == 2
+
+
+def test_both_drivers_train_on_images_without_masks(tmp_path) -> None:
+    """Unsupervised: a folder of images alone is enough (nothing is scored, nothing fails)."""
+    import shutil
+
+    from usod.models.deepusps import DeepUSPSConfig, run_deepusps
+    from usod.pipeline import PipelineConfig, run_pipeline
+
+    root = write_dataset(tmp_path / "data", "rgb", 4, size=(32, 32))
+    shutil.rmtree(root / "masks")
+    common = {"root": root, "image_size": 32, "batch_size": 2, "num_workers": 0, "accelerator": "cpu"}
+    summary = run_pipeline(
+        PipelineConfig(
+            out=tmp_path / "a2s",
+            postprocess_workers=0,
+            stage1_epochs=1,
+            stage1={"backbone": TINY},
+            stage2_epochs=1,
+            stage2={"label_update": "olr", "olr_warmup_epochs": 0},
+            **common,
+        )
+    )
+    assert (tmp_path / "a2s" / "stage2.ckpt").is_file() and summary["metrics"] == {}
+    assert len(PseudoLabelStore(tmp_path / "a2s" / "labels").finished_ids("stage2-pred")) == 4
+    config = DeepUSPSConfig(
+        out=tmp_path / "deepusps",
+        methods=("rbd",),
+        handcrafted_workers=0,
+        rounds=0,
+        epochs=1,
+        fusion_epochs=1,
+        refiner={"backbone": TINY, "channels": 8, "crf": {"n_iters": 1}},
+        **common,
+    )
+    run_deepusps(config)
+    assert config.fused_ckpt.is_file()

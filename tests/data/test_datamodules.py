@@ -138,3 +138,20 @@ def test_gpu_augmentation_keeps_maps_aligned() -> None:
     assert torch.allclose(out["image"][:, :1], out["pseudo"], atol=1e-5)
     assert not torch.allclose(out["image"], image)  # flipped with p=1
     assert out["id"] == batch["id"]
+
+
+def test_training_images_without_masks_train_without_validation(tmp_path) -> None:
+    import shutil
+
+    from usod.data.datamodules import get_datamodule
+    from usod.data.io import NoMasksError
+    from usod.data.synth import write_dataset
+
+    root = write_dataset(tmp_path / "d", "rgb", 3, size=(32, 32))
+    shutil.rmtree(root / "masks")
+    dm = get_datamodule("folder", root=root, image_size=32, num_workers=0, batch_size=2)
+    with pytest.warns(UserWarning, match="no validation: .* has no ground-truth masks"):
+        dm.setup("fit")
+    assert len(dm.train_set) == 3 and dm.val_dataloader() == []
+    with pytest.raises(NoMasksError):  # validating or testing without ground truth stays an error
+        dm.setup("validate")

@@ -64,6 +64,10 @@ class LayoutError(InvalidInputError):
     """A dataset root whose folder tree does not match any layout the dataset accepts."""
 
 
+class NoMasksError(LayoutError):
+    """Ground-truth masks were asked for (``with_masks=True``) but the dataset has no mask folder."""
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise InvalidInputError(path, "file does not exist")

@@ -15,6 +15,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from usod.data.cache import CachedDataset
 from usod.data.datasets import get_dataset, get_dataset_class
+from usod.data.io import NoMasksError
 from usod.data.transforms import EvalTransform, GPUAugmentation, TrainTransform
 
 
@@ -262,7 +263,16 @@ class SODDataModule(pl.LightningDataModule):
         if stage in (None, "fit", "validate", "test"):
             # filled lazily: an unshuffled loader sends each persistent worker the same batches every epoch,
             # so each worker caches its share, and runs without validation decode nothing
-            self.val_set = self._cached(self.build_eval_set(), fill=False)
+            try:
+                self.val_set = self._cached(self.build_eval_set(), fill=False)
+            except NoMasksError as err:
+                if stage != "fit":
+                    raise
+                # unsupervised training needs no ground truth: train on unlabelled images, skip validation
+                rank_zero_warn(
+                    f"no validation: {err.path} has no ground-truth masks ({err.problem.split(';')[0]})"
+                )
+                self.val_set = None
         if stage in (None, "predict"):
             if self.predict_on == "train":
                 self.predict_set = self.build_train_set(None, transform=EvalTransform(self.image_size))
@@ -352,7 +362,10 @@ class SODDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation loader; none (validation skipped) when the validation images have no masks."""
+        if self.val_set is None:
+            return []
         return self._loader(self.val_set, shuffle=False, evaluation=True)
 
     def test_dataloader(self) -> DataLoader:

@@ -14,7 +14,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from usod.data import io
-from usod.data.io import IMAGE_EXTENSIONS, InvalidInputError, LayoutError
+from usod.data.io import IMAGE_EXTENSIONS, InvalidInputError, LayoutError, NoMasksError
 
 __all__ = [
     "FolderLayout",
@@ -232,11 +232,13 @@ class SODDataset(Dataset):
             )
         self.skipped.append((path, problem))
 
-    def _layout_error(self, expected: Iterable[str], what: str = "") -> LayoutError:
+    def _layout_error(
+        self, expected: Iterable[str], what: str = "", kind: type[LayoutError] = LayoutError
+    ) -> LayoutError:
         trees = "\n".join(f"  {e}" for e in expected)
         split = f" split {self.split!r}" if self.split else ""
         lead = what or f"does not look like a {self.name}{split} dataset"
-        return LayoutError(self.root, f"{lead}; expected one of:\n{trees}\nfound: {list_entries(self.root)}")
+        return kind(self.root, f"{lead}; expected one of:\n{trees}\nfound: {list_entries(self.root)}")
 
     # -- loading --
     def __len__(self) -> int:
@@ -397,6 +399,7 @@ class PairedFolderDataset(SODDataset):
                         [layout.describe()],
                         what=f"with_masks=True but no mask folder ({' or '.join(layout.mask)}) "
                         f"next to {image}",
+                        kind=NoMasksError,
                     )
             return _Resolved(image, mask, depth, thermal, layout)
         raise self._layout_error(c.describe() for c in candidates)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from usod.data.datasets.base import SampleFiles, SODDataset, index_folder, list_entries, natural_key
-from usod.data.io import LayoutError
+from usod.data.io import LayoutError, NoMasksError
 
 __all__ = ["DAVIS", "DAVSOD", "FBMS", "FLOW_SOURCES", "SegTrackV2", "VideoDataset"]
 
@@ -217,7 +217,7 @@ class DAVIS(VideoDataset):
         mask_base = self.root / "Annotations" / level if level else self.root / "Annotations"
         flow_base = self.root / "Flow" / level if level else self.root / "Flow"
         if self.with_masks and not mask_base.is_dir():
-            raise LayoutError(
+            raise NoMasksError(
                 mask_base,
                 f"with_masks=True but the annotation folder is missing (found: {list_entries(self.root)})",
             )
