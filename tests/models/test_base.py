@@ -108,3 +108,14 @@ def test_the_learning_rate_of_every_epoch_is_logged() -> None:
     trainer = quiet_trainer(max_epochs=5)
     trainer.fit(module, DataLoader(torch.ones(2, 1), batch_size=1))
     assert float(trainer.callback_metrics["lr"]) == pytest.approx(0.01)  # the 5th epoch's rate
+
+
+def test_integer_images_are_refused_not_turned_into_nan() -> None:
+    from usod.models.cue_extractor import CueExtractor
+
+    images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    for module in (CueExtractor(backbone=TINY), SaliencyDetector(backbone=TINY, channels=8)):
+        with pytest.raises(ValueError, match=r"floating point RGB in \[0, 1\], got torch.uint8"):
+            module.predict_step({"image": images}, 0)
+        out = module.eval().predict_step({"image": images.float() / 255}, 0)["saliency"]
+        assert torch.isfinite(out).all()

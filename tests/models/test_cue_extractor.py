@@ -355,10 +355,17 @@ def test_validation_logs_mae_against_mask():
     module.eval()
     with torch.no_grad():
         sal = module.model(batch["image"]).saliency
-    expected = (sal - batch["mask"]).abs().mean().item()
-    metrics = make_trainer().validate(module, DataLoader(make_samples(2, with_mask=True), batch_size=2))
-    assert metrics[0]["val_mae"] == pytest.approx(expected, abs=1e-5)
+    from usod.metrics import SODMetrics
+
+    reference = SODMetrics(weighted_f=False)
+    reference.update(sal, batch["mask"])
+    expected = float(reference.compute()["mae"])  # the pysodmetrics MAE, as test_mae and usod evaluate
+    loader = DataLoader(make_samples(2, with_mask=True), batch_size=2)
+    metrics = make_trainer().validate(module, loader)
+    assert metrics[0]["val_mae"] == pytest.approx(expected, abs=1e-6)
     assert "val_loss" in metrics[0]
+    tested = make_trainer().test(module, loader)[0]
+    assert tested["test_mae"] == pytest.approx(metrics[0]["val_mae"], abs=1e-6)
 
 
 def test_configuration_errors_and_optimizer():

@@ -10,7 +10,6 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import MeanMetric
 
 from usod.data.io import InvalidInputError
 from usod.metrics import SOD_KEYS, SODMetrics
@@ -31,8 +30,9 @@ class USODModule(pl.LightningModule):
     Evaluation shared by every module:
 
     * :meth:`score_validation` (called by each module's ``validation_step`` with its saliency) updates
-      ``val_mae`` and the SOD metrics against the batch's ``mask``; ``on_validation_epoch_end`` logs
-      ``val_max_f``, ... ``val_s_measure`` once the validation set had masks;
+      the SOD metrics against the batch's ``mask``; ``on_validation_epoch_end`` logs ``val_mae``,
+      ``val_max_f``, ... ``val_s_measure`` once the validation set had masks (weighted F only in test, it
+      is the slow one);
     * ``test_step`` scores ``predict_step``'s saliency against the batch's ``mask`` with every SOD metric
       (weighted F included) and logs ``test_mae``, ``test_max_f``, ... ``test_w_f`` at the end of the test;
     * :meth:`log_sod_scores` logs a :class:`~usod.metrics.SODMetrics`' scores as ``<stage>_<key>`` and its
@@ -57,7 +57,6 @@ class USODModule(pl.LightningModule):
         super().__init__(*args, **kwargs)
         # metrics, not ``self.log(..., sync_dist=True)``: their states are reduced over DDP ranks, which stays
         # exact when ranks score different numbers of images
-        self.val_mae = MeanMetric()
         self.val_metrics = SODMetrics(weighted_f=False)
         self._val_has_mask = False
         self.test_metrics = SODMetrics()
@@ -150,9 +149,9 @@ class USODModule(pl.LightningModule):
     ) -> bool:
         """Score a validation batch's ``saliency`` (Bx1xhxw in [0, 1]) against its ``mask``, if it has one.
 
-        Updates ``val_mae`` (on the float maps; logged as ``val_mae``) and the SOD metrics (logged at the
-        end of validation), and shows panels of ``image`` / prediction / mask. The mask is resized to the
-        saliency's size (bilinear).
+        Updates the SOD metrics (logged at the end of validation as ``val_mae``, ``val_max_f``, ...: the
+        pysodmetrics conventions, the same numbers ``test_*`` and ``usod evaluate`` give) and shows panels of
+        ``image`` / prediction / mask. The mask is resized to the saliency's size (bilinear).
 
         Returns:
             Whether the batch had a mask.
@@ -163,8 +162,6 @@ class USODModule(pl.LightningModule):
         mask = mask.float()
         if mask.shape[-2:] != saliency.shape[-2:]:
             mask = F.interpolate(mask, size=saliency.shape[-2:], mode="bilinear", align_corners=False)
-        self.val_mae.update((saliency - mask).abs().mean(dim=(1, 2, 3)))
-        self.log("val_mae", self.val_mae, prog_bar=True, batch_size=saliency.shape[0])
         self.val_metrics.update(saliency, mask)
         self._val_has_mask = True
         image = batch.get("image") if image is None else image
@@ -174,8 +171,7 @@ class USODModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         """Log the SOD metrics accumulated over the validation set (synchronised across ranks)."""
         if self._val_has_mask:
-            # val_mae comes from score_validation (float maps); the rest from the quantised SOD metrics
-            self.log_sod_scores("val", self.val_metrics, skip=("mae",))
+            self.log_sod_scores("val", self.val_metrics)
         self._val_has_mask = False
 
     # ------------------------------------------------------------------ test
@@ -223,10 +219,12 @@ class USODModule(pl.LightningModule):
         if trainer is None or not trainer.optimizers:
             return
         rates = [float(group["lr"]) for group in trainer.optimizers[0].param_groups]
-        self.log("lr", max(rates), on_step=False, on_epoch=True, batch_size=1)
-        if len(rates) > 1:
-            for i, rate in enumerate(rates):
-                self.log(f"lr_group{i}", rate, on_step=False, on_epoch=True, batch_size=1)
+        named = {
+            "lr": max(rates),
+            **({f"lr_group{i}": r for i, r in enumerate(rates)} if len(rates) > 1 else {}),
+        }
+        for key, rate in named.items():  # the same on every rank: "max" keeps it and marks it synchronised
+            self.log(key, rate, on_step=False, on_epoch=True, batch_size=1, sync_dist=True, reduce_fx="max")
 
     def on_fit_start(self) -> None:
         """Silence Lightning's "modules in eval mode" warning when only frozen parts are in eval mode.
@@ -245,11 +243,15 @@ class USODModule(pl.LightningModule):
 
     @staticmethod
     def _images(batch: dict[str, Any]) -> Tensor:
-        """``batch["image"]``, checked to be a Bx3xHxW tensor."""
+        """``batch["image"]``, checked to be a Bx3xHxW floating-point tensor (RGB in [0, 1])."""
         images = batch.get("image")
         if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"batch['image'] must be a Bx3xHxW float tensor, got {shape}")
+        if not images.is_floating_point():  # uint8 images would be normalised into NaN by the encoders
+            raise ValueError(
+                f"batch['image'] must be floating point RGB in [0, 1], got {images.dtype} (e.g. images / 255)"
+            )
         return images
 
     # ------------------------------------------------------------------ schedules
