@@ -493,3 +493,27 @@ def test_reopening_a_round_removes_stale_half_written_files(tmp_path) -> None:
     os.utime(stale, (old, old))  # left by a writer killed an hour ago
     store.begin_round("r")  # resume
     assert not stale.exists() and fresh.exists()  # a running writer's file is left alone
+
+
+def test_writer_postprocess_reads_the_original_images_of_a_usod_dataset(tmp_path) -> None:
+    """`PseudoLabelWriter(postprocess=usod.ops.postprocess)` with predictions that carry no image."""
+    import usod.ops
+    from usod.data.datamodules import get_datamodule
+    from usod.data.synth import write_dataset
+    from usod.labels import PseudoLabelWriter
+    from usod.models.cue_extractor import CueExtractor
+
+    root = write_dataset(tmp_path / "d", "rgb", 3, size=(40, 48))
+    dm = get_datamodule("folder", root=root, image_size=32, num_workers=0, batch_size=2, augment=False)
+    store = PseudoLabelStore(tmp_path / "store")
+    seen: list[tuple[int, ...]] = []
+
+    def post(image, prob):
+        seen.append(image.shape)
+        return usod.ops.postprocess(image, prob)
+
+    writer = PseudoLabelWriter(store, "stage1", postprocess=post)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, callbacks=[writer], enable_progress_bar=False)
+    trainer.predict(CueExtractor(backbone={"name": "resnet18", "weights": "none"}), datamodule=dm)
+    assert seen == [(40, 48, 3)] * 3  # each sample's own image, at its original size
+    assert store.finished_ids("stage1") == {p.stem for p in (root / "images").iterdir()}

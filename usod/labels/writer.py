@@ -13,7 +13,8 @@ The model's ``predict_step`` must return a dict with:
   prediction does not carry them;
 * optionally ``image_path`` (list of B paths) or ``image`` (Bx3xhxw float in [0, 1], or a list of HxWx3 uint8
   arrays), used only by a ``postprocess`` callable such as ``functools.partial(usod.ops.postprocess,
-  config=...)``.
+  config=...)``. Without them the writer reads each sample's original image from the predict dataset's
+  ``files`` (every usod dataset has them), else resizes the batch's ``image`` back to the original size.
 """
 
 from __future__ import annotations
@@ -136,6 +137,22 @@ def _image_for(prediction: dict[str, Any], index: int, size: tuple[int, int]) ->
     return image
 
 
+def _dataset_images(trainer: pl.Trainer) -> dict[str, Path]:
+    """``{sample id: image path}`` of the predict loaders' usod datasets (through subsets); may be empty."""
+    loaders = trainer.predict_dataloaders
+    loaders = [] if loaders is None else loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    found: dict[str, Path] = {}
+    for loader in loaders:
+        dataset = getattr(loader, "dataset", None)
+        while dataset is not None and getattr(dataset, "files", None) is None:
+            dataset = getattr(dataset, "dataset", None)  # Subset, IdSubset, CachedDataset...
+        for files in getattr(dataset, "files", None) or []:
+            image = getattr(files, "image", None)
+            if image is not None:
+                found[str(files.id)] = Path(image)
+    return found
+
+
 class PseudoLabelWriter(BasePredictionWriter):
     """Writes predicted saliency maps into a pseudo-label round, one PNG per sample at original size.
 
@@ -187,10 +204,27 @@ class PseudoLabelWriter(BasePredictionWriter):
         self.complete_on_end = complete_on_end
         self.expected_ids = list(expected_ids) if expected_ids is not None else None
         self.num_written = 0
+        self._image_files: dict[str, Path] = {}
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.store.begin_round(self.round_name, self.meta, resume=self.resume, overwrite=self.overwrite)
         self.num_written = 0
+        self._image_files = _dataset_images(trainer) if self.postprocess is not None else {}
+
+    def _image(
+        self, prediction: dict[str, Any], batch: Any, index: int, sample_id: str, size: tuple[int, int]
+    ) -> np.ndarray | None:
+        """The RGB image ``postprocess`` gets: the prediction's, else the file on disk, else the batch's."""
+        image = _image_for(prediction, index, size)
+        if image is None and sample_id in self._image_files:
+            from usod.data.io import read_image
+
+            image = read_image(self._image_files[sample_id])
+            if image.shape[:2] != size:
+                image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        if image is None and isinstance(batch, dict) and ("image" in batch or "image_path" in batch):
+            image = _image_for(batch, index, size)
+        return image
 
     def write_prediction(self, prediction: dict[str, Any], batch: Any = None) -> list[Path]:
         """Writes every sample of one batch prediction; returns the written paths."""
@@ -221,7 +255,7 @@ class PseudoLabelWriter(BasePredictionWriter):
                 )
             prob = prob[0, 0].clamp(0, 1).numpy()
             if self.postprocess is not None:
-                image = _image_for(prediction, index, (int(height), int(width)))
+                image = self._image(prediction, batch, index, str(sample_id), (int(height), int(width)))
                 label = self.postprocess(image, prob)
             else:
                 label = prob
