@@ -408,6 +408,11 @@ def test_init_from_takes_each_phase_branch(tmp_path: Path) -> None:
         fused2.state_dict()["model.captioner.embedding.words.weight"],
         caption.state_dict()["model.captioner.embedding.words.weight"],
     )
+    # used without fitting (README: build the fused model, then describe), init_from is loaded first
+    direct = tiny_module("fused", init_from=[str(c_path), str(s_path)]).eval()
+    images = torch.rand(1, 3, 64, 64)
+    assert direct.describe(images)[0]["words"] == caption.eval().describe(images)[0]["words"]
+    assert direct.trained_branches == {"captioner", "sod", "fusion"}
     # the vocabulary can come from init_from alone
     assert tiny_module("fused", vocab=None, init_from=str(c_path)).vocab.tokens == VOCAB
     other = tiny_module("fused", vocab=VOCAB + ["zebra"])
@@ -453,12 +458,15 @@ def test_sod_training_lowers_structure_loss() -> None:
 def test_checkpoint_roundtrip_through_load_module(tmp_path: Path) -> None:
     from usod.models.base import load_module
 
-    module = tiny_module("fused", init_from=str(tmp_path / "gone.ckpt"), vocab=VOCAB).eval()
-    path = _save(module, tmp_path / "fused.ckpt")
-    loaded = load_module(path)  # init_from is only read when fitting
-    assert isinstance(loaded, SDGCaptionGuided) and loaded.vocab == module.vocab
+    start = _save(tiny_module("caption"), tmp_path / "gone.ckpt")
+    module = tiny_module("fused", init_from=str(start), vocab=VOCAB).eval()
     images = torch.rand(1, 3, SIZE, SIZE)
-    assert torch.allclose(loaded.predict_saliency(images), module.predict_saliency(images))
+    expected = module.predict_saliency(images)  # loads init_from first
+    path = _save(module, tmp_path / "fused.ckpt")
+    start.unlink()
+    loaded = load_module(path)  # its own weights: init_from is not read again
+    assert isinstance(loaded, SDGCaptionGuided) and loaded.vocab == module.vocab
+    assert torch.allclose(loaded.predict_saliency(images), expected)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

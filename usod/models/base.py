@@ -346,6 +346,7 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> U
     module_name, _, class_name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     model = cls(**_without_weight_files(ckpt.get("hyper_parameters", {})))
+    model.on_load_checkpoint(ckpt)  # as Lightning's load_from_checkpoint: the module's own restore hook
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
         raise InvalidInputError(

@@ -112,7 +112,8 @@ class SDGCaptionGuided(USODModule):
         guidance_norm: ``"max"`` or ``"minmax"`` normalisation of the summed word maps.
         supervision: ``"pseudo"`` or ``"mask"`` (saliency phases).
         loss_kernel: Neighbourhood of F3Net's pixel weights.
-        init_from: Checkpoint(s) of earlier phases to start from (read when fitting starts).
+        init_from: Checkpoint(s) of earlier phases to start from (read before the first use: fitting,
+            ``forward``, ``describe``; not when the module is restored from its own checkpoint).
         lr: AdamW learning rate of the trained parameters.
         encoder_lr_ratio: Learning rate of the pretrained-able encoders relative to ``lr``.
         weight_decay: AdamW weight decay.
@@ -197,6 +198,7 @@ class SDGCaptionGuided(USODModule):
         self._set_trainable()
         #: Branches holding trained weights: the phase's own and those loaded by ``init_from``.
         self.trained_branches: set[str] = set(_PHASE_BRANCHES[phase])
+        self._init_done = False
         self.val_caption_loss = MeanMetric()
         self._fix_untrained_modes()
 
@@ -280,10 +282,18 @@ class SDGCaptionGuided(USODModule):
             loaded[str(path)] = branches
         return loaded
 
+    def _ensure_init(self) -> None:
+        """Load ``init_from`` once, before the first use (fit, forward, ``describe``), unless the weights came
+        from a checkpoint of this model (which holds them already)."""
+        if self._init_done or not self.hparams.init_from:
+            return
+        self._init_done = True
+        init = self.hparams.init_from
+        self.load_init_checkpoints([init] if isinstance(init, (str, Path)) else list(init))
+
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.init_from:
-            init = self.hparams.init_from
-            self.load_init_checkpoints([init] if isinstance(init, (str, Path)) else list(init))
+        if stage == "fit":
+            self._ensure_init()
         if stage == "fit" and self.guided and "captioner" not in self.trained_branches:
             rank_zero_warn(
                 "SDGCaptionGuided phase 'fused' runs with an untrained captioner: set init_from to a "
@@ -296,6 +306,7 @@ class SDGCaptionGuided(USODModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.trained_branches.update(checkpoint.get(BRANCHES_KEY, ()))
+        self._init_done = True  # the checkpoint's weights, not those of the checkpoints it started from
 
     # ------------------------------------------------------------------ helpers
     def tokens(self, captions: Sequence[str], device: torch.device | None = None) -> Tensor:
@@ -337,6 +348,7 @@ class SDGCaptionGuided(USODModule):
 
     def forward(self, images: Tensor, guided: bool | None = None) -> Tensor:
         """Saliency logits Bx1xHxW; guided by captions in the fused phase (or when ``guided=True``)."""
+        self._ensure_init()
         use = self.guided if guided is None else guided
         return self.model(images, self.guidance(images) if use else None)
 
@@ -352,6 +364,7 @@ class SDGCaptionGuided(USODModule):
             One dict per image: ``words`` (the generated words), ``caption`` (them joined by spaces) and
             ``maps`` (T x gh x gw float numpy array, ``maps[j - 1] = M_j``, each summing to 1).
         """
+        self._ensure_init()
         g = self.guidance(images)
         out = []
         for b in range(images.shape[0]):
