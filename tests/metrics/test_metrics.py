@@ -271,3 +271,18 @@ def test_torch_code_path_equals_numpy_path(monkeypatch: pytest.MonkeyPatch) -> N
         results.append({**metric.compute(), **metric.curves()})
     for key in results[0]:
         assert torch.equal(results[0][key], results[1][key]), key
+
+
+def test_integer_zero_one_masks_are_refused_not_scored_as_background() -> None:
+    from usod.metrics import SODMetrics
+
+    pred = torch.rand(1, 1, 16, 16)
+    gt = torch.zeros(1, 1, 16, 16, dtype=torch.long)
+    gt[..., 4:12, 4:12] = 1
+    for target in (gt, gt.to(torch.uint8)):
+        with pytest.raises(ValueError, match="0..255 masks, got values in 0..1"):
+            SODMetrics().update(pred, target)
+    metric = SODMetrics(weighted_f=False)
+    metric.update(pred, gt.bool())  # the same mask as bool, or as 0/255, is scored
+    metric.update(pred, gt.to(torch.uint8) * 255)
+    assert 0.0 < float(metric.compute()["max_f"]) < 1.0

@@ -190,10 +190,16 @@ def binarize_target(target: Tensor) -> Tensor:
         ``bool`` tensor of the same shape.
 
     Raises:
-        ValueError: If values are out of range or not finite.
+        ValueError: If values are out of range or not finite, or an integer target holds only 0 and 1.
     """
     if target.dtype == torch.bool:
         return target
+    if not target.is_floating_point() and target.numel() and int(target.max()) == 1:
+        # integer 0/1 masks would all be background under "> 128": almost surely not meant
+        raise ValueError(
+            f"integer targets ({target.dtype}) must be 0..255 masks, got values in 0..1: pass them as bool "
+            "or multiply by 255 (usod.data.io.read_mask rescales 0/1 mask files itself)"
+        )
     target = quantize_prediction(target, "targets")
     if _use_numpy(target):
         return torch.from_numpy(target.numpy() > 128)
