@@ -517,3 +517,10 @@ def test_writer_postprocess_reads_the_original_images_of_a_usod_dataset(tmp_path
     trainer.predict(CueExtractor(backbone={"name": "resnet18", "weights": "none"}), datamodule=dm)
     assert seen == [(40, 48, 3)] * 3  # each sample's own image, at its original size
     assert store.finished_ids("stage1") == {p.stem for p in (root / "images").iterdir()}
+
+
+def test_an_unknown_round_is_named_as_such(tmp_path) -> None:
+    store = PseudoLabelStore(tmp_path / "store")
+    store.begin_round("r1")
+    with pytest.raises(FileNotFoundError, match=r"has no round 'nope' \(rounds: \['r1'\]\)"):
+        store.read("a", "nope")

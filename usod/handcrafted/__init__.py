@@ -135,7 +135,9 @@ def run_folder(
 ) -> list[Path]:
     """Compute method ``name`` for every image under ``input_dir`` (recursively) into ``output_dir``.
 
-    Maps keep each image's relative path and stem: ``input/a/b.jpg`` -> ``output/a/b.png``.
+    Maps keep each image's relative path and stem: ``input/a/b.jpg`` -> ``output/a/b.png``. With
+    ``workers > 0`` the maps are computed in worker processes started with ``forkserver``, which import the
+    main module: call this under ``if __name__ == "__main__":`` in a script (a notebook needs nothing).
 
     Raises:
         FileNotFoundError: ``input_dir`` does not exist.

@@ -468,12 +468,20 @@ class PseudoLabelStore:
         return self._load_manifest()["current"]
 
     def round_dir(self, name: str | None = None) -> Path:
-        """Directory of round ``name`` (default: the current round)."""
+        """Directory of round ``name`` (default: the current round).
+
+        Raises:
+            FileNotFoundError: The store has no such round (the message lists the rounds it has).
+        """
         if name is None:
             name = self.current_round()
             if name is None:
                 raise FileNotFoundError(f"pseudo-label store {self.root} has no completed round yet")
-        return self._round_path(name)
+        path = self._round_path(name)
+        if not path.is_dir():
+            known = [r["name"] for r in self.rounds()]
+            raise FileNotFoundError(f"pseudo-label store {self.root} has no round {name!r} (rounds: {known})")
+        return path
 
     def rounds(self) -> list[dict[str, Any]]:
         """Manifest entries of all rounds, oldest first (copies; editing them changes nothing)."""

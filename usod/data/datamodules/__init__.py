@@ -59,8 +59,11 @@ def get_datamodule(dataset: str, **kwargs: Any) -> SODDataModule:
     return cls(dataset=dataset, **kwargs)
 
 
+from usod.data.datamodules.captions import CaptionDataModule  # noqa: E402 - after the classes it builds on
+
 __all__ = [
     "DATAMODULES",
+    "CaptionDataModule",
     "RGBDDataModule",
     "RGBDataModule",
     "RGBTDataModule",
