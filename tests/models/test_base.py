@@ -119,3 +119,20 @@ def test_integer_images_are_refused_not_turned_into_nan() -> None:
             module.predict_step({"image": images}, 0)
         out = module.eval().predict_step({"image": images.float() / 255}, 0)["saliency"]
         assert torch.isfinite(out).all()
+
+
+def test_modules_with_per_sample_state_refuse_augmented_training_at_the_start(tmp_path: Path) -> None:
+    from tests.helpers.training import quiet_trainer
+    from usod.data.datamodules import get_datamodule
+    from usod.data.synth import write_dataset
+    from usod.models.cue_extractor import CueExtractor
+
+    root = write_dataset(tmp_path / "d", "rgb", 2, size=(32, 32))
+    augmented = get_datamodule("folder", root=root, image_size=32, num_workers=0, batch_size=2, augment=True)
+    module = CueExtractor(backbone=TINY, feature_cache=True)
+    with pytest.raises(ValueError, match="set the datamodule's augment=False"):
+        quiet_trainer(max_epochs=1).fit(module, datamodule=augmented)
+    plain = get_datamodule("folder", root=root, image_size=32, num_workers=0, batch_size=2, augment=False)
+    quiet_trainer(max_epochs=1).fit(module, datamodule=plain)
+    assert not CueExtractor(backbone=TINY, feature_cache=False).needs_fixed_training_images
+    assert SaliencyDetector(backbone=TINY, channels=8).needs_fixed_training_images

@@ -53,6 +53,13 @@ class USODModule(pl.LightningModule):
         """
         return False
 
+    @property
+    def needs_fixed_training_images(self) -> bool:
+        """Whether training needs each sample's image to be the same every epoch (no random augmentation):
+        modules that keep per-sample state keyed by id (a label bank, a feature cache). Checked when fitting
+        starts against the datamodule's transform, instead of failing when a sample comes back changed."""
+        return False
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # metrics, not ``self.log(..., sync_dist=True)``: their states are reduced over DDP ranks, which stays
@@ -233,6 +240,13 @@ class USODModule(pl.LightningModule):
         move). Lightning warns about any module in eval mode at the start of training; the warning is kept
         when a module in eval mode has trainable parameters, which would be a mistake.
         """
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if self.needs_fixed_training_images and getattr(datamodule, "augment", False):
+            raise ValueError(
+                f"{type(self).__name__} keeps per-sample state (online labels or cached features), so it "
+                "needs a sample's image to be the same every epoch, but the datamodule augments at random: "
+                "set the datamodule's augment=False (resize only; the module flips images itself)"
+            )
         in_eval = [m for m in self.modules() if not m.training]
         if in_eval and not any(p.requires_grad for m in in_eval for p in m.parameters()):
             import warnings

@@ -282,6 +282,11 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
             base_loss.train(mode)
         return self
 
+    @property
+    def needs_fixed_training_images(self) -> bool:
+        """A detector base trains on the label bank (see :class:`OnlineLabelTraining`)."""
+        return self.is_detector
+
     def compile_targets(self) -> list[torch.nn.Module]:
         """The base network, with the adapters in their hooks (traced as part of each encoder stage)."""
         return self.base.compile_targets()

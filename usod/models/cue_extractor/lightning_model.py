@@ -224,6 +224,11 @@ class CueExtractor(USODModule):
         self.val_loss = MeanMetric()
 
     @property
+    def needs_fixed_training_images(self) -> bool:
+        """With the feature cache (its entries must match the images)."""
+        return self.feature_cache is not None
+
+    @property
     def fixed_train_shards(self) -> bool:
         """With the feature cache, each DDP rank trains on a fixed shard: it caches ``1/R`` of the images
         and hits from the second epoch on (see :class:`~usod.data.datamodules.base.FixedShardSampler`)."""

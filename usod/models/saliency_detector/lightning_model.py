@@ -211,6 +211,11 @@ class OnlineLabelTraining:
     ``_scaled_size(size)`` (the input size of the multi-scale consistency term).
     """
 
+    @property
+    def needs_fixed_training_images(self) -> bool:
+        """The label bank keeps each sample's label aligned with its (un-augmented) image."""
+        return True
+
     def olr_lambda_at(self, epoch: int) -> float:
         """``lambda`` of OLR in (0-based) ``epoch``: 1 during the warm-up, then ``olr_lambda``."""
         return 1.0 if epoch < self.hparams.olr_warmup_epochs else float(self.hparams.olr_lambda)
