@@ -123,6 +123,11 @@ def test_cli_fit_and_test_log_everything_to_an_offline_run(tmp_path: Path, wandb
     max_f = run.values("label_max_f")
     assert len(max_f) == 2 and all(0.0 < f < 1.0 for f in max_f)
     assert {"label_mae", "label_s_measure", "label_adp_e", "label_pr_curve"} <= keys
+    # each round's curve sits at the step of that round's scalars
+    step = "trainer/global_step"
+    curves = [row[step] for row in run.history if any(k.startswith("label_pr_curve/") for k in row)]
+    scalars = [row[step] for row in run.history if "label_max_f" in row]
+    assert len(scalars) == 2 and curves == scalars, (curves, scalars)
     assert len(run.media("images")) >= 2 and run.media("table")
 
     ckpt = sorted((tmp_path / "wandb_runs").rglob("*.ckpt"))[-1]

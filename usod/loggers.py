@@ -264,6 +264,14 @@ def _step(trainer: Any) -> int | None:
     return int(step) if step is not None else getattr(trainer, "global_step", None)
 
 
+def train_epoch_end_step(trainer: Any) -> int | None:
+    """The step Lightning gives the metrics logged in a training epoch's end hooks: one less than
+    :func:`_step` there (Lightning decrements its counter while it logs epoch-end metrics), so media logged
+    from those hooks line up with the epoch's scalars."""
+    step = _step(trainer)
+    return None if step is None else max(0, step - 1)
+
+
 def log_curves(
     trainer: Any, key: str, curves: Mapping[str, Tensor | Sequence[float]], step: int | None = None
 ) -> bool:

@@ -148,7 +148,7 @@ class PseudoLabelQuality(pl.Callback):
         """Score the module's current labels (a listener; a collective under DDP: runs on every rank)."""
         if not updated_ids or not self.masks:
             return None
-        from usod.loggers import log_curves
+        from usod.loggers import log_curves, train_epoch_end_step
 
         labels = module.export_labels(original_size=True)
         ids = sorted(set(labels) & set(self.masks))
@@ -163,7 +163,8 @@ class PseudoLabelQuality(pl.Callback):
             if key in scores:
                 module.log(f"label_{key}", scores[key], sync_dist=True, reduce_fx="max")
         module.log("label_epoch", float(epoch), sync_dist=True, reduce_fx="max")
-        log_curves(module.trainer, "label_pr_curve", curves)
+        # listeners run in the training epoch's end: the curve goes to the step of the label_* scalars
+        log_curves(module.trainer, "label_pr_curve", curves, step=train_epoch_end_step(module.trainer))
         entry = {"epoch": float(epoch), **scores}
         self.history.append(entry)
         return entry
