@@ -330,3 +330,23 @@ def test_progress_bars_follow_tty_env_and_rank(monkeypatch: pytest.MonkeyPatch) 
     out = io.StringIO()
     assert list(progress_bar(range(3), desc="work", file=out)) == [0, 1, 2]
     assert "work" in out.getvalue() and "3/3" in out.getvalue()
+
+
+def test_evaluation_panels_show_the_auxiliary_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import usod.loggers
+    from usod.loggers import panel_strip
+    from usod.models.saliency_detector import SaliencyDetector
+
+    shown: dict[str, object] = {}
+    monkeypatch.setattr(usod.loggers, "log_panels", lambda _trainer, _key, maps, **_: shown.update(maps) or True)
+    module = SaliencyDetector(backbone=TINY, channels=8)
+    monkeypatch.setattr(module, "wants_panels", lambda batch_idx: True)
+    batch = {"id": ["a"], "image": torch.rand(1, 3, 8, 8), "depth": torch.rand(1, 3, 8, 8)}
+    module.log_panels("val", 0, batch, image=batch["image"], prediction=torch.rand(1, 1, 8, 8))
+    assert set(shown) == {"image", "depth", "prediction"}
+    assert panel_strip({k: v[0] for k, v in shown.items()}, size=4)[1] == ["image", "depth", "prediction"]
+    shown.clear()
+    module.log_panels("train", 0, batch, image=batch["image"])  # training views are flipped: no aux column
+    assert set(shown) == {"image"}

@@ -65,9 +65,9 @@ _LOGGER_KEYS = {"type", "project", "name", "group", "tags", "entity", "save_dir"
 _RUN: contextvars.ContextVar[Any] = contextvars.ContextVar("usod_wandb_job", default=None)
 
 #: Column order of the sample panels (maps missing from a call are left out).
-PANEL_ORDER: tuple[str, ...] = ("image", "aux", "pseudo", "prediction", "mask")
-_PANEL_TITLES = {"image": "image", "aux": "aux", "pseudo": "pseudo label", "prediction": "prediction",
-                 "mask": "ground truth"}  # fmt: skip
+PANEL_ORDER: tuple[str, ...] = ("image", "aux", "depth", "thermal", "flow", "pseudo", "prediction", "mask")
+_PANEL_TITLES = {"image": "image", "aux": "aux", "depth": "depth", "thermal": "thermal", "flow": "flow",
+                 "pseudo": "pseudo label", "prediction": "prediction", "mask": "ground truth"}  # fmt: skip
 
 
 def _snake(name: str) -> str:

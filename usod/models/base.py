@@ -134,18 +134,25 @@ class USODModule(pl.LightningModule):
             stage: Key prefix.
             batch_idx: Index of the batch.
             batch: The batch, for its ``id`` (captions).
-            **maps: Bx?xHxW maps in [0, 1]: ``image``, ``aux``, ``pseudo``, ``prediction``, ``mask``.
+            **maps: Bx?xHxW maps in [0, 1]: ``image``, ``aux``, ``pseudo``, ``prediction``, ``mask``. In
+                validation and test the batch's ``depth``, ``thermal`` or ``flow`` is shown too.
         """
         if not self.wants_panels(batch_idx):
             return False
         from usod.loggers import log_panels
 
         n = self.num_panels
+        if stage in ("val", "test") and isinstance(batch, dict) and "aux" not in maps:
+            # the auxiliary input as its own column (evaluation batches are not flipped: it matches the image)
+            maps = {
+                **{k: batch[k] for k in ("depth", "thermal", "flow") if isinstance(batch.get(k), Tensor)},
+                **maps,
+            }
         # to the CPU; a multi-target pseudo label (DeepUSPS fusion) shows its first map
         shown = {}
         for key, value in maps.items():
             if isinstance(value, Tensor) and value.ndim == 4:
-                channels = 3 if key in ("image", "aux") else 1
+                channels = 3 if key in ("image", "aux", "depth", "thermal", "flow") else 1
                 shown[key] = value[:n, :channels].detach().float().cpu()
         ids = batch.get("id") if isinstance(batch, dict) else None
         return log_panels(self._trainer, f"{stage}_panels", shown, ids=ids, max_samples=n)
