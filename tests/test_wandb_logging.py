@@ -340,7 +340,12 @@ def test_evaluation_panels_show_the_auxiliary_input(monkeypatch: pytest.MonkeyPa
     from usod.models.saliency_detector import SaliencyDetector
 
     shown: dict[str, object] = {}
-    monkeypatch.setattr(usod.loggers, "log_panels", lambda _trainer, _key, maps, **_: shown.update(maps) or True)
+
+    def capture(_trainer, _key, maps, **_kwargs):
+        shown.update(maps)
+        return True
+
+    monkeypatch.setattr(usod.loggers, "log_panels", capture)
     module = SaliencyDetector(backbone=TINY, channels=8)
     monkeypatch.setattr(module, "wants_panels", lambda batch_idx: True)
     batch = {"id": ["a"], "image": torch.rand(1, 3, 8, 8), "depth": torch.rand(1, 3, 8, 8)}
