@@ -136,3 +136,16 @@ def test_modules_with_per_sample_state_refuse_augmented_training_at_the_start(tm
     quiet_trainer(max_epochs=1).fit(module, datamodule=plain)
     assert not CueExtractor(backbone=TINY, feature_cache=False).needs_fixed_training_images
     assert SaliencyDetector(backbone=TINY, channels=8).needs_fixed_training_images
+
+
+def test_every_registered_module_has_predict_saliency() -> None:
+    from usod.models.deepusps import DeepUSPSRefiner
+    from usod.models.registry import MODELS
+
+    assert all(callable(getattr(cls, "predict_saliency", None)) for cls in MODELS.values()), MODELS
+    module = DeepUSPSRefiner(backbone=TINY, channels=8).eval()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = module.predict_saliency(images)
+        assert torch.equal(out, module.predict_step({"image": images}, 0)["saliency"])
+    assert out.shape == (2, 1, 32, 32) and float(out.min()) >= 0 and float(out.max()) <= 1

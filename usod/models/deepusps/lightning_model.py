@@ -227,20 +227,20 @@ class DeepUSPSRefiner(USODModule):
             for listener in list(self.label_listeners):
                 listener(self, self.current_epoch, updated)
 
+    def predict_saliency(self, images: Tensor) -> Tensor:
+        """Bx1xHxW float32 saliency in [0, 1] of Bx3xHxW RGB images in [0, 1] (as the other modules')."""
+        return torch.sigmoid(self.model(images).float())
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """MAE and the SOD metrics against ``mask`` when the batch has one."""
         if batch.get("mask") is not None:
             images = self._images(batch)
-            self.score_validation(batch, batch_idx, torch.sigmoid(self.model(images).float()), images)
+            self.score_validation(batch, batch_idx, self.predict_saliency(images), images)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Return ``{"id", "size", "saliency"}`` for the pseudo-label writer and ``usod predict``."""
         images = self._images(batch)
-        return {
-            "id": batch.get("id"),
-            "size": batch.get("size"),
-            "saliency": torch.sigmoid(self.model(images).float()),
-        }
+        return {"id": batch.get("id"), "size": batch.get("size"), "saliency": self.predict_saliency(images)}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam (betas 0.9, 0.999), the encoder at ``encoder_lr_ratio * lr``."""
