@@ -284,6 +284,15 @@ def test_resume_refuses_changed_settings_and_redoes_what_a_retrained_stage_feeds
     assert {p.name: _mtime(p) for p in moved_store.round_dir("stage1-raw").iterdir()} == before
     assert next(r for r in moved_store.rounds() if r["name"] == "stage1-raw")["complete"]
 
+    # Data inside the run folder (as usod demo writes it) is recorded relative to it: the folder can move.
+    inside = tmp_path / "self-contained"
+    shutil.copytree(train, inside / "data")
+    run_pipeline(PipelineConfig(out=inside, stage2_epochs=0, **{**base, "root": inside / "data"}))
+    assert json.loads((inside / "pipeline.json").read_text())["settings"]["root"] == "<out>/data"
+    inside.rename(tmp_path / "moved-again")
+    moved_again = tmp_path / "moved-again"
+    run_pipeline(PipelineConfig(out=moved_again, stage2_epochs=0, **{**base, "root": moved_again / "data"}))
+
     # Retraining stage 1 rewrites its labels and retires the stage-2 checkpoint trained on the old ones.
     (out / "stage1.ckpt").unlink()
     run_pipeline(PipelineConfig(out=out, stage2_epochs=1, **base))

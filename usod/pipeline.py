@@ -371,12 +371,19 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def _input_identity(dataset: Any) -> dict[str, Any]:
-    """What a label round was predicted from besides the model: dataset root, split and input size."""
+def _input_identity(dataset: Any, base: Path) -> dict[str, Any]:
+    """What a label round was predicted from besides the model: dataset root, split and input size.
+
+    A root inside ``base`` (the folder holding the store, e.g. a run folder with its own data) is recorded
+    relative to it, so that the folder can move.
+    """
     root = getattr(dataset, "root", None)
     size = getattr(getattr(dataset, "transform", None), "image_size", None)
+    if root is not None:
+        root, base = Path(root).resolve(), base.resolve()
+        root = f"<store>/../{root.relative_to(base).as_posix()}" if base in root.parents else str(root)
     return {
-        "root": str(Path(root).resolve()) if root is not None else None,
+        "root": root,
         "split": getattr(dataset, "split", None),
         "image_size": list(size) if size is not None else None,
     }
@@ -476,7 +483,7 @@ def write_label_round(
     raw_meta = {
         "ckpt": str(ckpt.resolve()),
         "ckpt_sha256": file_sha256(ckpt),
-        "input": _input_identity(dataset),
+        "input": _input_identity(dataset, store.root.parent),
         "postprocess": None,
     }
     post_meta = None if final_only else {"from": raw_round, "postprocess": postprocess.to_dict()}
@@ -909,7 +916,9 @@ STAGE2_SETTINGS = ("stage2_epochs", "stage2_image_size", "stage2")
 
 def _step_settings(config: PipelineConfig) -> dict[str, Any]:
     values = {key: getattr(config, key) for key in STAGE1_SETTINGS + STAGE2_SETTINGS}
-    values["root"] = str(Path(values["root"]).resolve())
+    root, out = Path(values["root"]).resolve(), config.out.resolve()
+    # data inside the run folder (usod demo) is recorded relative to it, so a moved run folder resumes
+    values["root"] = f"<out>/{root.relative_to(out).as_posix()}" if out in root.parents else str(root)
     values["postprocess"] = config.postprocess.to_dict()
     return json.loads(json.dumps(values, default=str))
 
