@@ -127,6 +127,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from usod.distributed import destroy_group_at_exit
+
+    destroy_group_at_exit()  # a DDP process group (Lightning's too) is taken down cleanly at exit
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS and not _is_folder_predict(argv):
         return _run_reporting_user_errors(lambda: lightning_main(argv))

@@ -122,6 +122,7 @@ def init_from_launcher(accelerator: str = "auto") -> bool:
     import torch.distributed as dist
     from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
+    destroy_group_at_exit()  # also the group Lightning's launcher makes later in this process
     if not dist.is_available() or dist.is_initialized():
         return False
     environment = next((e() for e in (TorchElasticEnvironment, SLURMEnvironment) if e.detect()), None)
@@ -134,15 +135,29 @@ def init_from_launcher(accelerator: str = "auto") -> bool:
     os.environ["MASTER_ADDR"] = environment.main_address
     os.environ["MASTER_PORT"] = str(environment.main_port)
     dist.init_process_group(backend, rank=environment.global_rank(), world_size=environment.world_size())
-    import atexit
-
-    # the group made here is also taken down here (torch warns about NCCL groups left at exit)
-    atexit.register(_destroy_group)
     return True
 
 
-def _destroy_group() -> None:
-    import torch.distributed as dist
+_DESTROY_REGISTERED = False
 
-    if dist.is_available() and dist.is_initialized():
+
+def destroy_group_at_exit() -> None:
+    """Take the default process group down when the process exits, whoever made it (once per process).
+
+    A group left at exit is torn down by static destructors, which can abort the process ("terminate called
+    without an active exception", seen on a Lightning-launched gloo rank) and makes torch warn about NCCL.
+    """
+    global _DESTROY_REGISTERED
+    if not _DESTROY_REGISTERED:
+        import atexit
+
+        atexit.register(_destroy_group)
+        _DESTROY_REGISTERED = True
+
+
+def _destroy_group() -> None:
+    import sys
+
+    dist = sys.modules.get("torch.distributed")  # never imported: no group to take down
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -95,3 +95,19 @@ def test_init_from_launcher_under_torchrun(tmp_path: Path) -> None:
             "zero": rank == 0,
             "again": False,
         }
+
+
+def test_the_process_group_is_taken_down_at_exit(tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    import usod.distributed as ud
+
+    ud.destroy_group_at_exit()
+    ud.destroy_group_at_exit()  # registered once
+    assert ud._DESTROY_REGISTERED
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    assert dist.is_initialized()
+    ud._destroy_group()  # what runs at exit
+    assert not dist.is_initialized()
+    ud._destroy_group()  # and nothing happens without a group
