@@ -47,6 +47,21 @@ def _config(path: Path, train: Path, heldout: Path, out: Path, **extra) -> Path:
     return path
 
 
+def _small_run(train: Path) -> dict:
+    """PipelineConfig settings of a quick run on ``train`` (add ``out`` and ``stage2_epochs``)."""
+    return {
+        "root": train,
+        "image_size": 32,
+        "batch_size": 4,
+        "num_workers": 0,
+        "postprocess_workers": 0,
+        "stage1_epochs": 1,
+        "stage1": {"backbone": TINY},
+        "stage2": {"label_update": "none"},
+        "accelerator": "cpu",
+    }
+
+
 def _mtime(path: Path) -> int:
     return path.stat().st_mtime_ns
 
@@ -135,17 +150,7 @@ def test_a_resumed_pipeline_trains_stage_2_as_an_uninterrupted_one(data, tmp_pat
     from usod.pipeline import PipelineConfig, run_pipeline, train_stage2
 
     train, _ = data
-    base = {
-        "root": train,
-        "image_size": 32,
-        "batch_size": 4,
-        "num_workers": 0,
-        "postprocess_workers": 0,
-        "stage1_epochs": 1,
-        "stage1": {"backbone": TINY},
-        "stage2": {"label_update": "none"},
-        "accelerator": "cpu",
-    }
+    base = _small_run(train)
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     run_pipeline(PipelineConfig(out=whole, stage2_epochs=1, **base))
     run_pipeline(PipelineConfig(out=resumed, stage2_epochs=0, **base))  # stops after the stage-1 labels
@@ -249,17 +254,7 @@ def test_resume_refuses_changed_settings_and_redoes_what_a_retrained_stage_feeds
     from usod.pipeline import PipelineConfig, run_pipeline
 
     train, heldout = data
-    base = {
-        "root": train,
-        "image_size": 32,
-        "batch_size": 4,
-        "num_workers": 0,
-        "postprocess_workers": 0,
-        "stage1_epochs": 1,
-        "stage1": {"backbone": TINY},
-        "stage2": {"label_update": "none"},
-        "accelerator": "cpu",
-    }
+    base = _small_run(train)
     out = tmp_path / "run"
     run_pipeline(PipelineConfig(out=out, stage2_epochs=0, **base))
     assert json.loads((out / "pipeline.json").read_text())["settings"]["root"] == str(train.resolve())

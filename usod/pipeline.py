@@ -184,18 +184,11 @@ class PipelineConfig:
                     f"{where}root is the training root: a held-out set must hold other images (the report "
                     "scores the pseudo labels on the training images already)"
                 )
-        for index, entry in enumerate(self.eval):  # opened now (file lists only), read after training
-            from usod.data.datasets import get_dataset
-            from usod.data.io import InvalidInputError
+        from usod.data.io import InvalidInputError
 
+        for index, entry in enumerate(self.eval):  # opened now (file lists only), read after training
             try:
-                get_dataset(
-                    entry["dataset"],
-                    root=entry["root"],
-                    split=entry.get("split"),
-                    with_masks=True,
-                    skip_invalid=self.skip_invalid,
-                )
+                _scored_set(self, entry)
             except InvalidInputError as err:
                 raise ValueError(f"eval[{index}]: {err}") from None
         blocker = next((p for p in (self.out, *self.out.parents) if p.exists()), None)
@@ -233,6 +226,24 @@ def _check_arguments(where: str, cls: type, kwargs: Any) -> None:
 def eval_name(entry: dict[str, Any]) -> str:
     """Name of a held-out test set in reports."""
     return str(entry.get("name") or entry["dataset"])
+
+
+def _scored_set(config: PipelineConfig, entry: dict[str, Any] | None = None, with_masks: bool = True) -> Any:
+    """The training set (``entry=None``) or an ``eval`` entry's set, with masks, as every step reads it."""
+    from usod.data.datasets import get_dataset
+
+    name, root, split = (
+        (config.dataset, config.root, config.split)
+        if entry is None
+        else (entry["dataset"], entry["root"], entry.get("split"))
+    )
+    return get_dataset(name, root=root, split=split, with_masks=with_masks, skip_invalid=config.skip_invalid)
+
+
+def _portable(path: str | Path, base: Path, tag: str) -> str:
+    """``path`` resolved, or ``<tag>/<relative path>`` when it lies inside ``base`` (so ``base`` can move)."""
+    path, base = Path(path).resolve(), base.resolve()
+    return f"{tag}/{path.relative_to(base).as_posix()}" if base in path.parents else str(path)
 
 
 def _datamodule(config: PipelineConfig, pseudo_dir: Path | None = None, stage: int = 1) -> Any:
@@ -379,11 +390,8 @@ def _input_identity(dataset: Any, base: Path) -> dict[str, Any]:
     """
     root = getattr(dataset, "root", None)
     size = getattr(getattr(dataset, "transform", None), "image_size", None)
-    if root is not None:
-        root, base = Path(root).resolve(), base.resolve()
-        root = f"<store>/../{root.relative_to(base).as_posix()}" if base in root.parents else str(root)
     return {
-        "root": root,
+        "root": _portable(root, base, "<store>/..") if root is not None else None,
         "split": getattr(dataset, "split", None),
         "image_size": list(size) if size is not None else None,
     }
@@ -652,20 +660,13 @@ def score_round(config: PipelineConfig, round_name: str, distributed: bool = Fal
     With ``distributed`` every rank of a DDP job must call this: each scores its share of the images and the
     metric states are reduced, so every rank returns the scores of the whole round (equal to one process).
     """
-    from usod.data.datasets import get_dataset
     from usod.data.io import InvalidInputError
     from usod.distributed import collective_device, shard
     from usod.labels import PseudoLabelStore
     from usod.metrics import SODMetrics
 
     try:
-        dataset = get_dataset(
-            config.dataset,
-            root=config.root,
-            split=config.split,
-            with_masks=True,
-            skip_invalid=config.skip_invalid,
-        )
+        dataset = _scored_set(config)
     except InvalidInputError:
         return None  # no ground truth: nothing to score against
     if any(files.mask is None for files in dataset.files):
@@ -768,7 +769,6 @@ def evaluate_stages(config: PipelineConfig) -> dict[str, dict[str, Any]]:
 
     In a DDP job every rank calls this and evaluates its share of each set (see :func:`evaluate_checkpoint`).
     """
-    from usod.data.datasets import get_dataset
 
     results = {}
     for entry in config.eval:
@@ -776,13 +776,7 @@ def evaluate_stages(config: PipelineConfig) -> dict[str, dict[str, Any]]:
             ckpt = config.out / f"{stage}.ckpt"
             if not ckpt.is_file():
                 continue
-            dataset = get_dataset(
-                entry["dataset"],
-                root=entry["root"],
-                split=entry.get("split"),
-                with_masks=True,
-                skip_invalid=config.skip_invalid,
-            )
+            dataset = _scored_set(config, entry)
             results[f"{eval_name(entry)}/{stage}"] = evaluate_checkpoint(
                 ckpt,
                 dataset,
@@ -824,22 +818,13 @@ def _grid(config: PipelineConfig, rounds: list[str], path: Path, n: int = 6) -> 
     """Rows of image / each round's label / ground truth for the first ``n`` samples."""
     import cv2
 
-    from usod.data.datasets import get_dataset
     from usod.labels import PseudoLabelStore
 
     store = PseudoLabelStore(config.out / "labels")
     try:
-        dataset = get_dataset(
-            config.dataset,
-            root=config.root,
-            split=config.split,
-            with_masks=True,
-            skip_invalid=config.skip_invalid,
-        )
+        dataset = _scored_set(config)
     except Exception:  # noqa: BLE001 - no masks: show what exists
-        dataset = get_dataset(
-            config.dataset, root=config.root, split=config.split, skip_invalid=config.skip_invalid
-        )
+        dataset = _scored_set(config, with_masks=False)
     cell = 128
     rows = []
     for index in range(min(n, len(dataset))):
@@ -916,9 +901,7 @@ STAGE2_SETTINGS = ("stage2_epochs", "stage2_image_size", "stage2")
 
 def _step_settings(config: PipelineConfig) -> dict[str, Any]:
     values = {key: getattr(config, key) for key in STAGE1_SETTINGS + STAGE2_SETTINGS}
-    root, out = Path(values["root"]).resolve(), config.out.resolve()
-    # data inside the run folder (usod demo) is recorded relative to it, so a moved run folder resumes
-    values["root"] = f"<out>/{root.relative_to(out).as_posix()}" if out in root.parents else str(root)
+    values["root"] = _portable(values["root"], config.out, "<out>")  # usod demo keeps its data in OUT
     values["postprocess"] = config.postprocess.to_dict()
     return json.loads(json.dumps(values, default=str))
 

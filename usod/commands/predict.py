@@ -48,14 +48,19 @@ class ImagePaths(Dataset):
     """Every image under a folder (recursively), id = relative path without extension.
 
     ``aux`` (optional): ``(key, {id: path})``, the auxiliary image of every sample (``depth``, ``thermal``
-    or ``flow``), read like the datasets read them.
+    or ``flow``), read like the datasets read them. ``paths``: the images, when already listed
+    (:func:`usod.data.io.images_under`).
     """
 
     def __init__(
-        self, root: Path, transform: EvalTransform, aux: tuple[str, dict[str, Path]] | None = None
+        self,
+        root: Path,
+        transform: EvalTransform,
+        aux: tuple[str, dict[str, Path]] | None = None,
+        paths: list[Path] | None = None,
     ) -> None:
         self.root = root
-        self.paths = images_under(root)
+        self.paths = images_under(root) if paths is None else paths
         if not self.paths:
             raise InvalidInputError(root, f"no images ({', '.join(IMAGE_EXTENSIONS)}) found")
         self.transform = transform
@@ -243,10 +248,11 @@ def run(args: argparse.Namespace) -> int:
     size = args.image_size or trained_image_size(args.ckpt) or 320
     transform = EvalTransform(size)
     if args.input.is_dir():
-        map_outputs(images_under(args.input), args.input, args.output)  # never over the inputs
+        paths = images_under(args.input)
+        map_outputs(paths, args.input, args.output)  # never over the inputs
         flow_cache = args.flow_cache or args.output / ".usod_flow"
         aux = aux_inputs(model, args.input, args.aux_dir, flow_cache)
-        dataset: Dataset = ImagePaths(args.input, transform, aux)
+        dataset: Dataset = ImagePaths(args.input, transform, aux, paths)
         image_path = {p.relative_to(args.input).with_suffix("").as_posix(): p for p in dataset.paths}
         loader = DataLoader(
             dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_readable
