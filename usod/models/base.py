@@ -241,7 +241,8 @@ class USODModule(pl.LightningModule):
             self.log(key, rate, on_step=False, on_epoch=True, batch_size=1, sync_dist=True, reduce_fx="max")
 
     def on_fit_start(self) -> None:
-        """Silence Lightning's "modules in eval mode" warning when only frozen parts are in eval mode.
+        """Refuse an augmenting datamodule when ``needs_fixed_training_images``, and silence Lightning's
+        "modules in eval mode" warning when only frozen parts are in eval mode.
 
         usod keeps frozen encoders and branches in eval mode on purpose (their BatchNorm statistics must not
         move). Lightning warns about any module in eval mode at the start of training; the warning is kept
