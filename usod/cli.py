@@ -56,6 +56,16 @@ def lightning_main(args: Sequence[str] | None = None) -> None:
                     # in the run itself: LightningCLI's config.yaml is shared by every run of a save_dir
                     logger.log_hyperparams({"cli": self._config_dict()})
 
+        def _parse_ckpt_path(self) -> None:
+            # Lightning rebuilds the model from the checkpoint's ``_class_path`` and hyper-parameters: check
+            # them against usod's registry first, so that a crafted file names no code to import or call
+            subcommand = self.config.get("subcommand")
+            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if ckpt_path:
+                configured = self.config[subcommand].get("model")
+                check_cli_checkpoint(ckpt_path, getattr(configured, "class_path", None))
+            super()._parse_ckpt_path()
+
         def _config_dict(self) -> dict[str, Any]:
             import json
 
@@ -79,6 +89,49 @@ def lightning_main(args: Sequence[str] | None = None) -> None:
         # both, it warns that args and command-line arguments were mixed)
         args=None if args is None or list(args) == sys.argv[1:] else list(args),
     )
+
+
+def check_cli_checkpoint(path: str | os.PathLike[str], configured: str | None = None) -> None:
+    """Check a ``--ckpt_path`` before LightningCLI reads the model class and arguments from it.
+
+    A usod checkpoint must name a registered usod module (:mod:`usod.models.registry`) whose constructor
+    takes its hyper-parameters; when the config names a model class too, they must be the same class.
+
+    Raises:
+        FileNotFoundError: No such file.
+        InvalidInputError: The file is no readable checkpoint, names a class usod does not know, holds
+            hyper-parameters the class does not take, or holds another class than the config's model.
+    """
+    from pathlib import Path
+
+    from usod.data.io import InvalidInputError
+    from usod.models.base import CLASS_KEY, checked_arguments, read_checkpoint
+    from usod.models.registry import UnknownModelError, model_class
+
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    hparams = ckpt.get("hyper_parameters")
+    if hparams is None:
+        return  # weights only: the configured model is rebuilt, nothing is read from the file
+    if not isinstance(hparams, dict):
+        raise InvalidInputError(path, f"hyper-parameters must be a mapping, got {type(hparams).__name__}")
+    named = hparams.get("_class_path", ckpt.get(CLASS_KEY))
+    if named is None:
+        return
+    try:
+        cls = model_class(named)
+    except UnknownModelError as err:
+        raise InvalidInputError(path, str(err)) from None
+    checked_arguments(cls, {k: v for k, v in hparams.items() if not str(k).startswith("_")}, path)
+    if configured:
+        try:
+            same = model_class(configured) is cls
+        except UnknownModelError:  # a class of the user's own
+            same = configured == f"{cls.__module__}.{cls.__qualname__}"
+        if not same:
+            raise InvalidInputError(
+                path, f"holds a {cls.__name__} checkpoint, but the config's model is {configured}"
+            )
 
 
 def _is_folder_predict(argv: Sequence[str]) -> bool:

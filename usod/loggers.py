@@ -75,16 +75,9 @@ def _snake(name: str) -> str:
 
 
 def method_name(model: Any) -> str:
-    """The registry name of a usod module (``usod list models``), else its class name in snake case."""
-    from usod.models.registry import MODELS
-
-    for name, cls in MODELS.items():
-        if type(model) is cls:
-            return name
-    for name, cls in MODELS.items():
-        if isinstance(model, cls):
-            return name
-    return _snake(type(model).__name__)
+    """The method name of a usod module (its class's ``method``, as ``usod list models`` shows it; subclasses
+    inherit it), else its class name in snake case."""
+    return getattr(type(model), "method", "") or _snake(type(model).__name__)
 
 
 def dataset_label(name: str, root: str | Path | None = None) -> tuple[str, str | None]:

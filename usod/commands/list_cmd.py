@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
         _print_registry(DATAMODULES, with_doc=False)
     else:
-        from usod.models.registry import MODELS
+        from usod.models.registry import model_classes
 
-        _print_registry(MODELS, with_doc=True)
+        _print_registry(model_classes(), with_doc=True)
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from torch import Tensor
 
 from usod.data.io import InvalidInputError
 from usod.metrics import SOD_KEYS, SODMetrics
+from usod.models.registry import UnknownModelError, model_class
 
 #: Checkpoint key holding the import path of the module class that wrote it.
 CLASS_KEY = "usod_class"
@@ -43,6 +44,9 @@ class USODModule(pl.LightningModule):
 
     #: Samples per panel of :meth:`log_panels`.
     num_panels: int = 4
+
+    #: Short name of the method (``usod list models``, wandb run names); empty: the class name in snake case.
+    method: str = ""
 
     @property
     def fixed_train_shards(self) -> bool:
@@ -343,37 +347,78 @@ class USODModule(pl.LightningModule):
 def _without_weight_files(hparams: dict[str, Any]) -> dict[str, Any]:
     """Hyper-parameters with backbone weight files switched off: the checkpoint holds every weight already,
     and the original file may not exist on the machine that loads it."""
+    if not isinstance(hparams, dict):
+        return hparams  # refused by checked_arguments
     # LightningCLI adds private entries such as ``_class_path``; they are not constructor arguments.
-    out = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    out = {k: v for k, v in hparams.items() if not str(k).startswith("_")}
     for key, value in out.items():
         if key.endswith("backbone") and isinstance(value, dict) and "weights" in value:
             out[key] = {**value, "weights": "none"}
     return out
 
 
+def checked_arguments(cls: type, kwargs: Any, source: str | Path) -> dict[str, Any]:
+    """``kwargs`` of a checkpoint, checked to be constructor arguments of ``cls`` before anything is called.
+
+    Raises:
+        InvalidInputError: Not a mapping of string keys, or a key that ``cls.__init__`` does not take.
+    """
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise InvalidInputError(
+            source, f"hyper-parameters must be a mapping of names, got {type(kwargs).__name__}"
+        )
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params) - {"self"})
+        if unknown:
+            raise InvalidInputError(
+                source, f"hyper-parameters {unknown[:5]} are not arguments of {cls.__name__}"
+            )
+    return kwargs
+
+
+def checkpoint_class(ckpt: dict[str, Any], source: str | Path) -> type[USODModule]:
+    """The registered usod module class a checkpoint names (``usod_class``), never imported from the file.
+
+    Raises:
+        InvalidInputError: The checkpoint names no class, or one that is not a registered usod module.
+    """
+    class_path = ckpt.get(CLASS_KEY)
+    if not class_path:
+        raise InvalidInputError(source, f"not written by a usod module (no '{CLASS_KEY}' entry)")
+    try:
+        return model_class(class_path)
+    except UnknownModelError as err:
+        raise InvalidInputError(source, str(err)) from None
+
+
 def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> USODModule:
     """Rebuild a usod LightningModule from its checkpoint (``torch.load(weights_only=True)``).
 
+    The class comes from usod's registry (:mod:`usod.models.registry`), never from an import path in the
+    file, and the hyper-parameters are checked to be its constructor arguments before it is called.
+
     Raises:
         FileNotFoundError: No file at ``path``.
-        InvalidInputError: The file is not a usod checkpoint or does not match its class.
+        InvalidInputError: The file is not a usod checkpoint, names a class usod does not know, or does not
+            match its class.
     """
     path = Path(path)
     ckpt = read_checkpoint(path, map_location)
-    if "state_dict" not in ckpt:
+    if not isinstance(ckpt.get("state_dict"), dict):
         raise InvalidInputError(path, "not a Lightning checkpoint (no 'state_dict')")
-    class_path = ckpt.get(CLASS_KEY)
-    if not class_path:
-        raise InvalidInputError(path, f"not written by a usod module (no '{CLASS_KEY}' entry)")
-    module_name, _, class_name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    model = cls(**_without_weight_files(ckpt.get("hyper_parameters", {})))
+    cls = checkpoint_class(ckpt, path)
+    hparams = checked_arguments(cls, _without_weight_files(ckpt.get("hyper_parameters") or {}), path)
+    try:
+        model = cls(**hparams)
+    except (ValueError, TypeError) as err:  # InvalidInputError included: a nested file (adapter base)
+        raise InvalidInputError(path, f"cannot rebuild its {cls.__name__} ({err})") from None
     model.on_load_checkpoint(ckpt)  # as Lightning's load_from_checkpoint: the module's own restore hook
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
         raise InvalidInputError(
             path,
-            f"weights do not match {class_name}: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"weights do not match {cls.__name__}: {len(missing)} missing (e.g. {missing[:3]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})",
         )
     model.eval()

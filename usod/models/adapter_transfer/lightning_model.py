@@ -25,7 +25,6 @@ and ``usod label`` work with it.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -35,9 +34,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from usod.data.io import InvalidInputError
 from usod.models.adapter_transfer.torch_model import EncoderAdapters
 from usod.models.aux_input import batch_aux, check_aux_modality, flip_allowed
-from usod.models.base import USODModule
+from usod.models.base import USODModule, checked_arguments, checkpoint_class, load_module, read_checkpoint
+from usod.models.registry import UnknownModelError, model_class
 from usod.models.saliency_detector.lightning_model import LabelBank, LabelListener, OnlineLabelTraining
 
 __all__ = ["AdapterTransfer", "load_base"]
@@ -91,15 +92,22 @@ def _own_hyperparameters() -> Iterator[None]:
 
 def load_base(path: str | Path) -> tuple[USODModule, str, dict[str, Any]]:
     """Load a base checkpoint: the module, its class path and its rebuildable hyper-parameters."""
-    from usod.data.io import InvalidInputError
-    from usod.models.base import load_module
-
+    path = Path(path)
+    cls = checkpoint_class(read_checkpoint(path), path)  # checked before anything is built
+    if cls.method == "adapter_transfer":
+        raise InvalidInputError(path, "is already an adapted model; transfer from its base instead")
+    if cls.method not in BASE_METHODS:
+        raise InvalidInputError(
+            path, f"the base must be a SaliencyDetector or a CueExtractor, got {cls.__name__}"
+        )
     with _own_hyperparameters():
         module = load_module(path)
-    if isinstance(module, AdapterTransfer):
-        raise InvalidInputError(Path(path), "is already an adapted model; transfer from its base instead")
     class_path = f"{type(module).__module__}.{type(module).__qualname__}"
     return module, class_path, _rebuildable(module.hparams)
+
+
+#: Methods an adapter transfers from (``USODModule.method`` of the base).
+BASE_METHODS: tuple[str, ...] = ("saliency_detector", "cue_extractor")
 
 
 class AdapterTransfer(OnlineLabelTraining, USODModule):
@@ -142,6 +150,8 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
         lr_gamma: Decay factor.
     """
 
+    method = "adapter_transfer"
+
     def __init__(
         self,
         base: str | None = None,
@@ -171,15 +181,19 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
                 raise ValueError("AdapterTransfer needs `base`, the checkpoint of the model to transfer")
             module, base_class, base_hparams = load_base(base)
         else:
-            cls = getattr(
-                importlib.import_module(base_class.rpartition(".")[0]), base_class.rpartition(".")[2]
+            # from usod's registry only: base_class comes from a checkpoint, which must not name code to run
+            try:
+                cls = model_class(base_class)
+            except UnknownModelError as err:
+                raise InvalidInputError(str(base) if base is not None else "base_class", str(err)) from None
+            if cls.method not in BASE_METHODS:
+                raise ValueError(f"the base must be a SaliencyDetector or a CueExtractor, got {cls.__name__}")
+            base_hparams = checked_arguments(
+                cls, base_hparams, str(base) if base is not None else "base_hparams"
             )
             with _own_hyperparameters():
                 module = cls(**base_hparams)
-        from usod.models.cue_extractor import CueExtractor
-        from usod.models.saliency_detector import SaliencyDetector
-
-        if not isinstance(module, (SaliencyDetector, CueExtractor)):
+        if module.method not in BASE_METHODS:
             raise ValueError(
                 f"the base must be a SaliencyDetector or a CueExtractor, got {type(module).__name__}"
             )
@@ -190,7 +204,7 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
         if base_aux != "none" and aux_modality == "none":
             raise ValueError(f"the base has a {base_aux!r} stream; aux_modality='none' cannot feed it")
         if loss is None:
-            loss = base_hparams.get("loss", "bce_ssim_iou") if isinstance(module, SaliencyDetector) else None
+            loss = base_hparams.get("loss", "bce_ssim_iou") if module.method == "saliency_detector" else None
         for name, value, allowed in (
             ("label_update", label_update, LABEL_UPDATES),
             ("initial_labels", initial_labels, INITIAL_LABELS),
@@ -198,7 +212,7 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
-        if isinstance(module, SaliencyDetector) and loss not in LOSSES:
+        if (module.method == "saliency_detector") and loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
         if len(spr_weights) != 3 or min(spr_weights) < 0 or sum(spr_weights) <= 0:
             raise ValueError(
@@ -233,7 +247,7 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
             }
         )
         self.base = module
-        self.is_detector = isinstance(module, SaliencyDetector)
+        self.is_detector = module.method == "saliency_detector"
         for p in self.base.parameters():
             p.requires_grad_(False)
         self.base.eval()

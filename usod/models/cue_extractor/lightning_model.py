@@ -155,6 +155,8 @@ class CueExtractor(USODModule):
             pass it again when loading a checkpoint).
     """
 
+    method = "cue_extractor"
+
     def __init__(
         self,
         backbone: dict[str, Any] | None = None,

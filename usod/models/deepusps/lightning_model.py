@@ -87,6 +87,8 @@ class DeepUSPSRefiner(USODModule):
         encoder: An already built encoder instead of ``backbone`` (not saved in the hyperparameters).
     """
 
+    method = "deepusps_refiner"
+
     def __init__(
         self,
         backbone: dict[str, Any] | None = None,

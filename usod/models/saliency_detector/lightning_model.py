@@ -364,6 +364,8 @@ class SaliencyDetector(OnlineLabelTraining, USODModule):
             with ``aux_modality`` its deep copy is the auxiliary encoder).
     """
 
+    method = "saliency_detector"
+
     def __init__(
         self,
         backbone: dict[str, Any] | None = None,

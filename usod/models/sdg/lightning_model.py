@@ -119,6 +119,8 @@ class SDGCaptionGuided(USODModule):
         weight_decay: AdamW weight decay.
     """
 
+    method = "sdg_caption_guided"
+
     def __init__(
         self,
         phase: Literal["caption", "sod", "fused"] = "sod",
