@@ -50,7 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from usod.data.io import atomic_write_bytes
+from usod.data.io import atomic_write_bytes, write_png_atomic
 from usod.ops.crf import PostProcessConfig
 
 log = logging.getLogger(__name__)
@@ -835,7 +835,7 @@ def _grid(config: PipelineConfig, rounds: list[str], path: Path, n: int = 6) -> 
             tiles.append(np.repeat(sample["mask"][..., None], 3, axis=2))
         rows.append(np.concatenate([cv2.resize(t, (cell, cell)) for t in tiles], axis=1))
     grid = np.concatenate(rows, axis=0)
-    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    write_png_atomic(path, grid)  # any folder name (cv2.imwrite crashes on names that are not UTF-8)
 
 
 def _safe(name: str) -> str:

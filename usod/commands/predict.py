@@ -34,6 +34,7 @@ from usod.commands import non_negative_int, positive_int
 from usod.data.io import (
     IMAGE_EXTENSIONS,
     InvalidInputError,
+    cv2_path,
     images_under,
     map_outputs,
     read_image,
@@ -145,7 +146,8 @@ class VideoFrames(IterableDataset):
     def __init__(self, path: Path, transform: EvalTransform) -> None:
         import cv2
 
-        capture = cv2.VideoCapture(str(path))
+        with cv2_path(path) as name:
+            capture = cv2.VideoCapture(name)
         if not capture.isOpened():
             raise InvalidInputError(path, "cannot open the video (unsupported codec or not a video)")
         self.count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -165,7 +167,8 @@ class VideoFrames(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         import cv2
 
-        capture = cv2.VideoCapture(str(self.path))
+        with cv2_path(self.path) as name:
+            capture = cv2.VideoCapture(name)  # opened: the temporary link may go
         index = 0
         try:
             while True:

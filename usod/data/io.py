@@ -15,6 +15,7 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,34 @@ def _check_file(path: Path) -> None:
         raise InvalidInputError(path, "file is empty (0 bytes)")
 
 
+def imread_cv2(path: str | Path, flags: int) -> np.ndarray | None:
+    """``cv2.imread(path, flags)`` for any file name, None when OpenCV cannot decode it.
+
+    The bytes are read by Python and decoded with ``cv2.imdecode`` (the same decoder, so the same pixels):
+    ``cv2.imread`` itself crashes the process on names that are not valid UTF-8.
+    """
+    import cv2
+
+    data = np.frombuffer(Path(path).read_bytes(), dtype=np.uint8)
+    return cv2.imdecode(data, flags) if data.size else None
+
+
+@contextlib.contextmanager
+def cv2_path(path: str | Path) -> Iterator[str]:
+    """A name of ``path`` that OpenCV can open (``cv2.VideoCapture``): the path itself, or, when it is not
+    valid UTF-8 (which crashes OpenCV), a symbolic link with a plain name in a temporary folder."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        with tempfile.TemporaryDirectory(prefix="usod-") as folder:
+            link = Path(folder) / f"input{Path(path).suffix.encode('ascii', 'ignore').decode()}"
+            os.symlink(os.path.abspath(path), link)
+            yield str(link)
+        return
+    yield text
+
+
 def _read_with_cv2(path: Path) -> np.ndarray | None:
     """Decode with OpenCV as a fallback; returns None when OpenCV cannot read the file either."""
     import cv2
@@ -84,8 +113,7 @@ def _read_with_cv2(path: Path) -> np.ndarray | None:
     # silent: failures are reported through InvalidInputError instead
     with contextlib.suppress(AttributeError):
         cv2.setLogLevel(0)
-    data = np.fromfile(str(path), dtype=np.uint8)
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    arr = imread_cv2(path, cv2.IMREAD_UNCHANGED)
     if arr is None:
         return None
     if arr.ndim == 3 and arr.shape[2] == 3:

@@ -34,7 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from usod.data.io import TMP_PREFIX, atomic_write_bytes
+from usod.data.io import TMP_PREFIX, atomic_write_bytes, imread_cv2
 from usod.data.io import write_png_atomic as _write_png_atomic
 from usod.distributed import barrier, is_rank_zero, rank_world
 
@@ -104,7 +104,7 @@ def read_png_gray(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pseudo label not found: expected file {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    image = imread_cv2(path, cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise ValueError(f"could not decode pseudo label {path} (not a readable image)")
     return image

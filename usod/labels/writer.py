@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import Dataset, Subset
 
+from usod.data.io import imread_cv2
 from usod.labels.store import PseudoLabelStore
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def _image_for(prediction: dict[str, Any], index: int, size: tuple[int, int]) ->
     paths = prediction.get("image_path")
     if paths is not None:
         path = str(paths[index])
-        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        bgr = imread_cv2(path, cv2.IMREAD_COLOR)
         if bgr is None:
             raise FileNotFoundError(f"could not read image {path} for post-processing")
         if bgr.shape[:2] != (height, width):

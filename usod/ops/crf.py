@@ -22,6 +22,7 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_softmax
 
+from usod.data.io import imread_cv2
 from usod.labels.store import write_png_atomic
 from usod.ops.workers import worker_pool
 
@@ -198,14 +199,14 @@ def postprocess(
 
 
 def _load_image(path: str | Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    bgr = imread_cv2(path, cv2.IMREAD_COLOR)
     if bgr is None:
         raise FileNotFoundError(f"could not read image {path}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def _load_prob(path: str | Path) -> np.ndarray:
-    gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    gray = imread_cv2(path, cv2.IMREAD_GRAYSCALE)
     if gray is None:
         raise FileNotFoundError(f"could not read probability map {path}")
     return gray.astype(np.float32) / 255.0
