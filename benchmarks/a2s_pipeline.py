@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from usod.pipeline import PipelineConfig, format_scores, run_pipeline
+    from usod.evaluation import format_table
+    from usod.pipelines import PipelineConfig, run_pipeline
 
     backbone = {"name": "tf_efficientnet_lite0", "weights": "bundled"}
     base = PipelineConfig(
@@ -116,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         train[f"stage2 ({update})"] = summary["metrics"]["stage2-pred"]
         heldout[f"stage2 ({update})"] = summary["eval"]["eval/stage2"]
     print("\ntraining images (pseudo labels / predictions vs masks):")
-    print(format_scores(train))
+    print(format_table(train))
     print(f"\nheld-out {args.eval_dataset} frames (never trained on):")
-    print(format_scores(heldout))
+    print(format_table(heldout))
     print("\nstep times (s):")
     for update, summary in runs.items():
         steps = ", ".join(f"{k} {v:.0f}" for k, v in summary["timings_s"].items())

@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from usod.models.deepusps import DeepUSPSConfig, run_deepusps
-from usod.models.deepusps.driver import FUSED_ROUND, handcrafted_round, mva_round, pred_round
+from usod.pipelines import DeepUSPSConfig, run_deepusps
+from usod.pipelines.deepusps import FUSED_ROUND, handcrafted_round, mva_round, pred_round
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "duts-tr-499"
 

@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from usod.data.datasets import get_dataset
-    from usod.pipeline import LABEL_ROUND, RAW_ROUND, PipelineConfig, format_scores, run_pipeline
+    from usod.evaluation import format_table
+    from usod.pipelines.a2s import LABEL_ROUND, RAW_ROUND, PipelineConfig, run_pipeline
 
     backbone = {"name": "tf_efficientnet_lite0", "weights": "bundled"}
     config = PipelineConfig(
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     metrics = {**baselines, **{k: summary["metrics"][k] for k in (RAW_ROUND, LABEL_ROUND)}}
     print()
-    print(format_scores(metrics))
+    print(format_table(metrics))
     print("\nstep times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     print(f"pipeline total: {total:.0f} s ({total / 60:.1f} min) for {len(dataset)} images")
     result = {

@@ -16,6 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
+from tests.helpers.models import TINY
 from usod.cli import main
 from usod.data.synth import write_dataset
 from usod.models.adapter_transfer import AdapterTransfer
@@ -23,7 +24,6 @@ from usod.models.base import load_module, save_module
 from usod.models.saliency_detector import SaliencyDetector
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"name": "test_resnet", "weights": "none"}
 
 pytestmark = [
     pytest.mark.slow,

@@ -15,12 +15,12 @@ import torch
 import yaml
 from PIL import Image
 
+from tests.helpers.models import TINY
 from usod.cli import main
 from usod.data.synth import write_dataset
 from usod.models.base import load_module
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"name": "test_resnet", "weights": "none"}
 AUX = {"rgbd": "depth", "rgbt": "thermal", "video": "flow"}
 
 pytestmark = [

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.helpers.models import TINY
 from tests.helpers.wandb_offline import offline_runs
 from usod.cli import main
 from usod.data.synth import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"name": "test_resnet", "weights": "none"}
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
@@ -143,7 +143,7 @@ def test_cli_fit_and_test_log_everything_to_an_offline_run(tmp_path: Path, wandb
 
 @pytest.mark.slow
 def test_pipeline_logs_stages_and_label_rounds_to_one_run(tmp_path: Path, wandb_offline: Path) -> None:
-    from usod.pipeline import PipelineConfig, run_pipeline
+    from usod.pipelines import PipelineConfig, run_pipeline
 
     root = write_dataset(tmp_path / "data", "rgb", 4, size=(40, 48))
     config = PipelineConfig(
@@ -187,7 +187,7 @@ def test_failed_runs_are_recorded_as_failed(tmp_path: Path, wandb_offline: Path,
     import pytorch_lightning as pl
     import torch
 
-    import usod.pipeline
+    import usod.pipelines.a2s
     from usod.loggers import UsodWandbLogger
     from usod.models.base import USODModule
 
@@ -213,11 +213,13 @@ def test_failed_runs_are_recorded_as_failed(tmp_path: Path, wandb_offline: Path,
     def crash(config):
         raise RuntimeError("stage 1 failed")
 
-    monkeypatch.setattr(usod.pipeline, "train_stage1", crash)
+    monkeypatch.setattr(usod.pipelines.a2s, "train_stage1", crash)
     root = write_dataset(tmp_path / "data", "rgb", 2, size=(32, 32))
-    config = usod.pipeline.PipelineConfig(out=tmp_path / "run", root=root, logger="wandb", accelerator="cpu")
+    config = usod.pipelines.a2s.PipelineConfig(
+        out=tmp_path / "run", root=root, logger="wandb", accelerator="cpu"
+    )
     with pytest.raises(RuntimeError, match="stage 1 failed"):
-        usod.pipeline.run_pipeline(config)
+        usod.pipelines.a2s.run_pipeline(config)
     (job_run,) = offline_runs(tmp_path / "run")
     assert job_run.exit_code == 1
 

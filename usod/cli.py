@@ -2,7 +2,8 @@
 
 ``usod fit|validate|test|predict --config ...`` go to :class:`UsodCLI`, a LightningCLI in subclass mode for
 models and data (``usod predict --ckpt ... --input ... --output ...`` is the simple folder predictor instead).
-Every other command is a small module in :mod:`usod.commands` with ``add_arguments`` and ``run``.
+Every other command is a small module in :mod:`usod.commands` with ``add_arguments`` and ``run`` (or, when
+it parses its own options, ``parse_args(prog, argv)`` and ``run``).
 """
 
 from __future__ import annotations
@@ -200,9 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = next(p for p, (m, _) in COMMANDS.items() if m == module_name)
         help_text = COMMANDS[path][1]
     module = importlib.import_module(module_name)
-    sub = argparse.ArgumentParser(prog="usod " + " ".join(path), description=help_text)
+    prog, rest = "usod " + " ".join(path), argv[len(path) :]
+    if hasattr(module, "parse_args"):  # a command that parses its own options (jsonargparse)
+        return _run_reporting_user_errors(lambda: module.run(module.parse_args(prog, rest)))
+    sub = argparse.ArgumentParser(prog=prog, description=help_text)
     module.add_arguments(sub)
-    args = sub.parse_args(argv[len(path) :])
+    args = sub.parse_args(rest)
     return _run_reporting_user_errors(lambda: module.run(args))
 
 

@@ -16,8 +16,8 @@ import argparse
 from pathlib import Path
 
 from usod.data.synth import write_dataset
-from usod.models.deepusps import DeepUSPSConfig, run_deepusps
-from usod.pipeline import format_scores
+from usod.evaluation import format_table
+from usod.pipelines import DeepUSPSConfig, run_deepusps
 
 
 def main() -> None:
@@ -58,7 +58,7 @@ def main() -> None:
     )
     summary = run_deepusps(config)
     if summary["metrics"]:  # only with ground truth beside the images
-        print(format_scores(summary["metrics"]))
+        print(format_table(summary["metrics"]))
     print("step times (s):", summary["timings_s"])
     print(f"fused detector: {config.fused_ckpt}")
 

@@ -16,8 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
-from usod.commands.evaluate import evaluate_method, format_table, plot_curves
 from usod.data.synth import write_dataset
+from usod.evaluation import evaluate_method, format_table, plot_curves
 from usod.handcrafted import run_folder
 
 

@@ -18,27 +18,14 @@ import argparse
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 
 from usod.data.datamodules import get_datamodule
 from usod.data.datasets import get_dataset
 from usod.data.synth import write_dataset
+from usod.evaluation import evaluate_checkpoint, format_table, score_round
 from usod.handcrafted import run_folder
-from usod.labels import PseudoLabelStore
-from usod.metrics import SODMetrics
-from usod.models.saliency_detector import LabelRoundWriter, SaliencyDetector
-from usod.pipeline import evaluate_checkpoint, format_scores
-
-
-def score(store: PseudoLabelStore, round_name: str, data_root: Path) -> dict[str, float]:
-    """A store round against the training images' ground truth (only used for measuring)."""
-    metric = SODMetrics()
-    dataset = get_dataset("folder", root=data_root, with_masks=True)
-    for index in range(len(dataset)):
-        sample = dataset.load_raw(index)
-        label = store.read(sample["id"], round_name)
-        metric.update(torch.from_numpy(label.copy())[None], torch.from_numpy(sample["mask"].copy())[None])
-    return {k: float(v) for k, v in metric.compute().items()}
+from usod.labels import LabelRoundWriter, PseudoLabelStore
+from usod.models.saliency_detector import SaliencyDetector
 
 
 def main() -> None:
@@ -100,10 +87,11 @@ def main() -> None:
     rounds = [r["name"] for r in store.rounds() if r["complete"] and r["name"].startswith("stage2-epoch")]
     if args.labels is None:
         rounds.insert(0, "rbd")
-    print(format_scores({r: score(store, r, data_root) for r in rounds}))
+    train_set = get_dataset("folder", root=data_root, with_masks=True)
+    print(format_table({r: score_round(store, train_set, r)["scores"] for r in rounds}))
     held_out = get_dataset("folder", root=test_root, with_masks=True)
     result = evaluate_checkpoint(ckpt, held_out, image_size=size, num_workers=0, progress=False)
-    print(format_scores({"stage2 (held-out)": result["scores"]}))
+    print(format_table({"stage2 (held-out)": result["scores"]}))
     print(f"checkpoint: {ckpt}")
 
 

@@ -63,7 +63,7 @@ def _log_writes(out: Path, rank: int) -> list[Any]:
         with open(log, "a") as handle:
             handle.write(f"{rank}\t{kind}\t{Path(path).resolve()}\n")
 
-    png, atomic = store_mod.write_png_atomic, store_mod.atomic_write_bytes
+    png, atomic = store_mod.write_label_png, store_mod.atomic_write_bytes
     save_ckpt = TorchCheckpointIO.save_checkpoint
 
     def png_logged(path: Any, label: Any) -> Path:
@@ -78,12 +78,14 @@ def _log_writes(out: Path, rank: int) -> list[Any]:
         record("checkpoint", path)
         return save_ckpt(self, checkpoint, path, storage_options)
 
+    import usod.handcrafted as handcrafted_mod
     import usod.ops.crf as crf_mod
 
     return [
-        mock.patch.object(store_mod, "write_png_atomic", png_logged),
+        mock.patch.object(store_mod, "write_label_png", png_logged),
         # the CRF module binds the store's function at import (which may come before these patches)
-        mock.patch.object(crf_mod, "write_png_atomic", png_logged),
+        mock.patch.object(crf_mod, "write_label_png", png_logged),
+        mock.patch.object(handcrafted_mod, "write_label_png", png_logged),
         mock.patch.object(store_mod, "atomic_write_bytes", atomic_logged),
         mock.patch.object(TorchCheckpointIO, "save_checkpoint", ckpt_logged),
     ]

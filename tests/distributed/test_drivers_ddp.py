@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from tests.helpers.models import TINY
 from usod.data.synth import write_dataset
 from usod.labels import PseudoLabelStore
 
@@ -37,7 +38,6 @@ pytestmark = [
 ]
 
 N_IMAGES = 5
-TINY = {"name": "test_resnet", "weights": "none"}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -77,7 +77,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def scenario(rank: int, world: int, out: Path, *, data: Path) -> None:
-    from usod.pipeline import PipelineConfig, run_pipeline
+    from usod.pipelines import PipelineConfig, run_pipeline
 
     config = PipelineConfig(
         **settings(data, out / "run"), devices=world, strategy="ddp" if world > 1 else "auto"
@@ -230,7 +230,7 @@ def test_label_cli_with_two_devices_writes_every_label_once(tmp_path: Path, data
 
 
 def deepusps_scenario(rank: int, world: int, out: Path, *, data: Path) -> None:
-    from usod.models.deepusps import DeepUSPSConfig, run_deepusps
+    from usod.pipelines import DeepUSPSConfig, run_deepusps
 
     config = DeepUSPSConfig(
         out=out / "run",

@@ -10,6 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch.distributed as dist
 
+from tests.helpers.models import TINY
 from usod.data.datamodules import RGBDataModule
 from usod.data.datamodules.base import FixedShardSampler
 from usod.data.synth import write_dataset
@@ -17,7 +18,6 @@ from usod.data.synth import write_dataset
 from ._harness import run_ddp, trainer
 
 N_IMAGES = 5
-TINY = {"name": "test_resnet", "weights": "none"}
 
 
 @pytest.mark.parametrize("size,world", [(5, 2), (8, 4), (7, 3), (3, 3)])

@@ -190,7 +190,7 @@ def _tiny_stage2_experiment(tmp_path: Path) -> Path:
             "enable_model_summary": False,
             "callbacks": [
                 {
-                    "class_path": "usod.models.saliency_detector.LabelRoundWriter",
+                    "class_path": "usod.labels.LabelRoundWriter",
                     "init_args": {"store": str(tmp_path / "store")},
                 }
             ],

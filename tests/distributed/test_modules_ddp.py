@@ -3,7 +3,7 @@
 For each module one scenario fits (with validation), validates and predicts, on 2 ranks and on 1 process:
 
 * online label updates (OLR, SPR, DeepUSPS's MVA, adapter-transfer SPR) give the same labels as 1 process,
-  on both ranks, and the label rounds written by :class:`LabelRoundWriter` / :class:`MVARoundWriter` hold
+  on both ranks, and the label rounds written by :class:`LabelRoundWriter` hold
   them, each label written once across ranks;
 * validation and test metrics (synchronised through the metric states) equal the 1-process values;
 * prediction through :class:`PseudoLabelWriter` writes each sample exactly once and the same maps;
@@ -28,6 +28,7 @@ import torch.distributed as dist
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
+from tests.helpers.models import TINY
 from usod.data.datamodules import RGBDataModule
 from usod.data.synth import write_dataset
 from usod.labels import PseudoLabelStore, PseudoLabelWriter
@@ -46,7 +47,6 @@ pytestmark = [
 
 N_IMAGES = 5
 SIZE = 64
-TINY = {"name": "test_resnet", "weights": "none"}
 VAL_KEYS = (
     "val_mae",
     "val_max_f",
@@ -223,7 +223,7 @@ def _detector(label_update: str, **kwargs: Any) -> Callable[[], Any]:
 
 
 def _label_round_writer(store: PseudoLabelStore) -> Any:
-    from usod.models.saliency_detector import LabelRoundWriter
+    from usod.labels import LabelRoundWriter
 
     return LabelRoundWriter(store)
 
@@ -249,9 +249,9 @@ def test_deepusps_mva_metrics_and_files(tmp_path: Path, data: Path) -> None:
         return DeepUSPSRefiner(backbone=TINY, channels=8, target_threshold=0.5, crf=crf, hflip=False, lr=0.0)
 
     def mva_writer(store: PseudoLabelStore) -> Any:
-        from usod.models.deepusps import MVARoundWriter
+        from usod.labels import LabelRoundWriter
 
-        return MVARoundWriter(store, "mva")
+        return LabelRoundWriter(store, "mva", at="end")
 
     check(
         tmp_path,

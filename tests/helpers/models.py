@@ -5,6 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+#: The tiny timm test backbone (random weights): the encoder of most module tests.
+TINY = {"name": "test_resnet", "weights": "none"}
+#: A random ResNet-18, for tests whose numbers need a real ResNet's strides and widths.
+RESNET18 = {"name": "resnet18", "weights": "none"}
+
 
 def tiny_sdg(captions: Sequence[str], image_size: int, phase: str = "fused", **kwargs: Any) -> Any:
     """An ``SDGCaptionGuided`` with random PVT-v2-b0 / MobileNetV3 encoders and 16-wide text layers."""

@@ -8,17 +8,17 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from tests.helpers.models import TINY
 from tests.helpers.training import quiet_trainer as trainer
 from usod.data.io import InvalidInputError
-from usod.labels import PseudoLabelStore
+from usod.labels import LabelRoundWriter, PseudoLabelStore
 from usod.models.adapter_transfer import AdapterTransfer, EncoderAdapters, ParallelAdapter, encoder_units
 from usod.models.backbones import build_encoder
 from usod.models.base import load_module, save_module
 from usod.models.cue_extractor import CueExtractor
-from usod.models.saliency_detector import LabelRoundWriter, SaliencyDetector
+from usod.models.saliency_detector import SaliencyDetector
 
 SIZE = 32
-TINY = {"name": "test_resnet", "weights": "none"}
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),

@@ -9,10 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from tests.helpers.models import TINY
 from usod.models.base import CLASS_KEY, USODModule, load_module, save_module
 from usod.models.saliency_detector import SaliencyDetector
-
-TINY = {"name": "test_resnet", "weights": "none"}
 
 
 def test_save_module_round_trips_through_load_module(tmp_path: Path) -> None:

@@ -1,9 +1,7 @@
-"""DeepUSPS: the F-beta loss against its formula, target binarisation, the MVA, the data, and a tiny run."""
+"""DeepUSPS: the F-beta loss against its formula, target binarisation, the MVA and its round writer."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import cv2
@@ -11,26 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from usod.cli import main
+from tests.helpers.models import RESNET18 as BACKBONE
+from usod.data.datamodules import StackedLabelDataModule
 from usod.data.synth import write_dataset
-from usod.labels import PseudoLabelStore
-from usod.models.base import load_module
-from usod.models.deepusps import (
-    DeepUSPSConfig,
-    DeepUSPSModel,
-    DeepUSPSRefiner,
-    FBetaLoss,
-    MVARoundWriter,
-    StackedLabelDataModule,
-    StackedLabels,
-    binarize_targets,
-    run_deepusps,
-    soft_f_beta,
-)
-from usod.models.deepusps.driver import mva_round, round_names
+from usod.labels import LabelRoundWriter, PseudoLabelStore
+from usod.models.deepusps import DeepUSPSModel, DeepUSPSRefiner, FBetaLoss, binarize_targets, soft_f_beta
 from usod.ops.crf import dense_crf
-
-BACKBONE = {"name": "resnet18", "weights": "none"}
+from usod.pipelines import DeepUSPSConfig
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
@@ -205,115 +190,6 @@ def synth(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("deepusps") / "data", "rgb", 6, size=(48, 56))
 
 
-def test_stacked_labels(synth: Path, tmp_path: Path) -> None:
-    ids = sorted(p.stem for p in (synth / "images").iterdir())
-    dirs = []
-    for k, value in enumerate((40, 200)):
-        folder = tmp_path / f"r{k}"
-        folder.mkdir()
-        for sid in ids:
-            cv2.imwrite(str(folder / f"{sid}.png"), np.full((48, 56), value, np.uint8))
-        dirs.append(folder)
-    dm = StackedLabelDataModule(label_dirs=dirs, root=synth, image_size=32, batch_size=2, num_workers=0)
-    dm.setup("fit")
-    assert isinstance(dm.train_set, StackedLabels)
-    sample = dm.train_set[0]
-    assert sample["pseudo"].shape == (2, 32, 32) and "mask" not in sample
-    assert torch.allclose(sample["pseudo"][0], torch.tensor(40 / 255))
-    assert torch.allclose(sample["pseudo"][1], torch.tensor(200 / 255))
-    assert dm.train_set.files == dm.train_set.base.files
-    with pytest.raises(ValueError, match="augment"):
-        StackedLabelDataModule(label_dirs=dirs, root=synth, augment=True)
-
-
-# ------------------------------------------------------------------------------------------ end to end
-@pytest.mark.slow
-def test_tiny_pipeline_end_to_end_and_resume(synth: Path, tmp_path: Path, monkeypatch) -> None:
-    import wandb
-
-    wandb.teardown()  # wandb reads the environment once per process
-    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
-        (tmp_path / var).mkdir()
-        monkeypatch.setenv(var, str(tmp_path / var))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    config = DeepUSPSConfig(
-        out=tmp_path / "run",
-        root=synth,
-        methods=("rbd", "mr"),
-        handcrafted_workers=0,
-        rounds=1,
-        epochs=1,
-        fusion_epochs=1,
-        image_size=32,
-        batch_size=3,
-        num_workers=0,
-        refiner={"backbone": BACKBONE, "channels": 16, "crf": {"n_iters": 2}},
-        accelerator="cpu",
-        logger={"type": "wandb", "offline": True},
-        log_every_n_steps=1,
-    )
-    summary = run_deepusps(config)
-    store = PseudoLabelStore(config.store_root)
-    complete = {r["name"] for r in store.rounds() if r["complete"]}
-    assert set(round_names(config)) <= complete
-    ids = {p.stem for p in (synth / "images").iterdir()}
-    for name in round_names(config):
-        assert store.finished_ids(name) == ids
-    label = store.read("synth_00000", mva_round("rbd", 1))
-    assert label.shape == (48, 56)  # original size
-    for method in config.methods:
-        for k in range(2):
-            assert config.refine_ckpt(method, k).is_file()
-    # The self-supervision round trained on the previous moving averages with a doubled learning rate.
-    r1 = load_module(config.refine_ckpt("mr", 1))
-    assert r1.hparams.target_threshold == 0.5 and r1.hparams.lr == pytest.approx(2e-3)
-    fused = load_module(config.fused_ckpt)
-    assert isinstance(fused, DeepUSPSRefiner) and fused.hparams.num_targets == 2
-    report = json.loads((config.out / "report.json").read_text())
-    assert set(report["metrics"]) == set(round_names(config))
-    assert set(summary["metrics"]["fused-pred"]) >= {"mae", "max_f"}
-    assert "rbd-r1" in summary["timings_s"] and "fusion" in summary["timings_s"]
-    # One offline wandb run: every network's loss, the MVA quality per epoch and the report's round scores.
-    from tests.helpers.wandb_offline import offline_runs
-
-    (run,) = offline_runs(config.out)
-    assert run.name == "deepusps-folder-data" and run.group == "folder-data"
-    keys = run.keys()
-    assert {"rbd-r0-train_loss", "mr-r1-train_loss", "fusion-train_loss", "rbd-r0-label_max_f"} <= keys
-    assert run.values("labels/fused-pred/mae") == [pytest.approx(summary["metrics"]["fused-pred"]["mae"])]
-    config.logger = None  # the resumed runs below log to CSV only
-    wandb.teardown()
-
-    # Resume: nothing is trained or computed again.
-    stamps = {p: os.stat(p).st_mtime_ns for p in config.out.rglob("*.ckpt")}
-    hc = store.label_path("hc-rbd", "synth_00000")
-    hc_stamp = os.stat(hc).st_mtime_ns
-    run_deepusps(config)
-    assert {p: os.stat(p).st_mtime_ns for p in config.out.rglob("*.ckpt")} == stamps
-    assert os.stat(hc).st_mtime_ns == hc_stamp
-
-    # A lost round is redone: delete the last MVA round's checkpoint, only that round is retrained.
-    config.refine_ckpt("mr", 1).unlink()
-    run_deepusps(config)
-    assert config.refine_ckpt("mr", 1).is_file()
-    assert os.stat(config.refine_ckpt("rbd", 1)).st_mtime_ns == stamps[config.refine_ckpt("rbd", 1)]
-
-    # The fused checkpoint works with `usod predict`.
-    out = tmp_path / "pred"
-    args = [
-        "predict",
-        "--ckpt",
-        str(config.fused_ckpt),
-        "--input",
-        str(synth / "images"),
-        "--output",
-        str(out),
-    ]
-    assert main([*args, "--num-workers", "0", "--device", "cpu"]) == 0
-    assert len(list(out.glob("*.png"))) == len(ids)
-
-
 def test_mva_writer_writes_every_seen_image(synth: Path, tmp_path: Path) -> None:
     import pytorch_lightning as pl
 
@@ -323,7 +199,7 @@ def test_mva_writer_writes_every_seen_image(synth: Path, tmp_path: Path) -> None
     for sid in ids:
         cv2.imwrite(str(labels / f"{sid}.png"), np.full((48, 56), 90, np.uint8))
     dm = StackedLabelDataModule(label_dirs=[labels], root=synth, image_size=32, batch_size=4, num_workers=0)
-    writer = MVARoundWriter(tmp_path / "store", "x-r0-mva", expected_ids=ids)
+    writer = LabelRoundWriter(tmp_path / "store", "x-r0-mva", at="end", expected_ids=ids)
     module = DeepUSPSRefiner(backbone=BACKBONE, channels=16, crf={"n_iters": 1})
     trainer = pl.Trainer(
         accelerator="cpu",

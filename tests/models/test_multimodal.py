@@ -6,13 +6,13 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from tests.helpers.models import TINY
 from usod.models.aux_input import batch_aux, flip_allowed
 from usod.models.base import load_module
 from usod.models.cue_extractor import CueExtractor, CueExtractorModel
 from usod.models.saliency_detector import SaliencyDetector
 
 SIZE = 32
-TINY = {"name": "test_resnet", "weights": "none"}
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),

@@ -14,13 +14,12 @@ import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 from torch.utils.data import DataLoader
 
+from tests.helpers.models import RESNET18 as BACKBONE
 from tests.helpers.training import quiet_trainer as trainer
-from usod.labels import PseudoLabelStore
+from usod.labels import LabelBank, LabelRoundWriter, PseudoLabelStore
 from usod.models.saliency_detector import (
     BCESSIMIoULoss,
     IoUMultiScaleLoss,
-    LabelBank,
-    LabelRoundWriter,
     PixelAdaptiveRefiner,
     SaliencyDetector,
     SaliencyDetectorModel,
@@ -29,7 +28,6 @@ from usod.models.saliency_detector import (
 )
 
 SIZE = 64
-BACKBONE = {"name": "resnet18", "weights": "none"}
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),

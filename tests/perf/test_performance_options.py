@@ -95,7 +95,8 @@ def test_compile_eager_backend_runs_the_compiled_modules(name: str, tmp_path: Pa
 def test_pipeline_and_trainer_configs_carry_the_options(tmp_path: Path) -> None:
     import yaml
 
-    from usod.pipeline import PipelineConfig, step_trainer
+    from usod.pipelines import PipelineConfig
+    from usod.pipelines.steps import step_trainer
 
     config = PipelineConfig(
         out=tmp_path, accelerator="cpu", precision="bf16-mixed", performance={"channels_last": True}

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from tests.helpers.models import TINY
 from usod.models.base import save_module
 
 SIZE = 32
-TINY = {"name": "test_resnet", "weights": "none"}
 
 WARNINGS = [
     "ignore:.*does not have many workers.*",

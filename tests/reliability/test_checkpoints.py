@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.helpers.models import TINY
 from usod.cli import main
 from usod.data.io import InvalidInputError
 from usod.data.synth import write_dataset
@@ -22,7 +23,6 @@ from usod.models.base import CLASS_KEY, load_module, save_module
 from usod.models.cue_extractor import CueExtractor
 from usod.models.registry import MODEL_PATHS, UnknownModelError, model_class, register_model
 
-TINY = {"name": "test_resnet", "weights": "none"}
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.helpers.models import TINY
 from usod.data.synth import write_dataset
 from usod.models.base import save_module
 from usod.models.cue_extractor import CueExtractor
 
-TINY = {"name": "test_resnet", "weights": "none"}
 ODD = os.fsdecode(b"odd-\xff\xfe-name")  # not UTF-8: Python keeps it as surrogate escapes
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="byte file names are a POSIX matter")

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from usod.data.io import InvalidInputError
     from usod.data.synth import write_dataset
-    from usod.pipeline import PipelineConfig, format_summary, run_pipeline
+    from usod.pipelines import a2s
 
     start = time.perf_counter()
     data = args.out / "data" / "rgb"
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidInputError(
                 args.out, f"holds a demo made with other data settings {shown}; use another --out"
             )
-    config = PipelineConfig(
+    config = a2s.PipelineConfig(
         out=args.out,
         dataset="folder",
         root=data,
@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
         accelerator="cpu",
         seed=args.seed,
     )
-    summary = run_pipeline(config)
+    summary = a2s.run_pipeline(config)
     print()
-    print(format_summary(summary))
+    print(a2s.format_summary(summary))
     print(f"\nreport: {args.out / 'report'} ({time.perf_counter() - start:.0f} s)")
     return 0

@@ -8,7 +8,7 @@ becomes the store's current round. Labels are 8-bit PNGs at each image's origina
 
 Rerunning the same command resumes an interrupted run: samples that already have a raw map are not
 predicted again and finished labels are not post-processed again (see
-:func:`usod.pipeline.write_label_round`).
+:func:`usod.labels.write_label_round`).
 
 The data can come from a LightningCLI-style YAML instead of ``--dataset``/``--root``: its ``data:`` section
 (``class_path`` of a usod datamodule and ``init_args``) is used, and flags given on the command line override
@@ -33,8 +33,8 @@ from typing import Any
 from usod.commands import dataset_name, non_negative_int, positive_int, round_name
 from usod.commands._devices import add_device_arguments
 from usod.data.io import InvalidInputError
+from usod.data.transforms import DEFAULT_IMAGE_SIZE
 
-DEFAULT_IMAGE_SIZE = 320
 #: ``init_args`` a command-line flag overrides: flag attribute -> datamodule argument.
 _OVERRIDES = {
     "dataset": "dataset",
@@ -155,8 +155,8 @@ def build_datamodule(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from usod.distributed import is_rank_zero
+    from usod.labels.rounds import write_label_round
     from usod.ops.crf import PostProcessConfig
-    from usod.pipeline import write_label_round
 
     start = time.perf_counter()
     if not args.ckpt.is_file():

@@ -40,7 +40,7 @@ from usod.data.io import (
     read_image,
     write_png_atomic,
 )
-from usod.data.transforms import EvalTransform
+from usod.data.transforms import DEFAULT_IMAGE_SIZE, EvalTransform
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
@@ -248,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
         )
     device = _device(args.device)
     model.to(device)
-    size = args.image_size or trained_image_size(args.ckpt) or 320
+    size = args.image_size or trained_image_size(args.ckpt) or DEFAULT_IMAGE_SIZE
     transform = EvalTransform(size)
     if args.input.is_dir():
         paths = images_under(args.input)

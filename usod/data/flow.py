@@ -25,6 +25,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from usod.data.io import atomic_write_bytes, read_image, write_png_atomic
+from usod.progress import progress_bar
+
 FLOW_METHODS = ("dis", "farneback")
 
 
@@ -190,7 +193,6 @@ def compute_sequence_flows(
     """
     if len(frames) < 2:
         raise ValueError(f"a sequence needs at least 2 frames to compute flow, got {len(frames)}")
-    from usod.progress import progress_bar
 
     steps = progress_bar(range(len(frames) - 1), desc=desc, unit="frame", enabled=progress, leave=False)
     flows = [compute_flow(frames[t], frames[t + 1], method=method) for t in steps]
@@ -253,8 +255,6 @@ def cached_flow_images(
         ValueError: Fewer than two frames, frames of different sizes, or an unknown method.
         InvalidInputError: A frame cannot be read.
     """
-    from usod.data.io import atomic_write_bytes, read_image, write_png_atomic
-
     if method not in FLOW_METHODS:
         raise ValueError(f"unknown flow method {method!r}; choose one of {FLOW_METHODS}")
     paths = [Path(f) for f in frames]

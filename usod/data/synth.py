@@ -61,6 +61,7 @@ import cv2
 import numpy as np
 
 from usod.data.flow import flow_to_color
+from usod.data.io import atomic_write_bytes
 
 __all__ = [
     "COLOURS",
@@ -998,17 +999,6 @@ def make_video(
 # Writing datasets
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _encode(ext: str, img: np.ndarray, path: Path, quality: int = 95) -> bytes:
     if img.ndim == 3:
         img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
@@ -1020,11 +1010,11 @@ def _encode(ext: str, img: np.ndarray, path: Path, quality: int = 95) -> bytes:
 
 
 def _write_image(path: Path, img: np.ndarray, quality: int = 95) -> None:
-    _atomic_write(path, _encode(path.suffix.lower(), img, path, quality))
+    atomic_write_bytes(path, _encode(path.suffix.lower(), img, path, quality))
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, (json.dumps(obj, indent=1) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
 _LAYOUT_DIRS = {

@@ -31,6 +31,10 @@ IMAGE_KEYS = ("image", "depth", "thermal", "flow")
 LABEL_KEYS = ("mask", "pseudo")
 PASSTHROUGH_KEYS = ("id", "sequence", "frame", "caption")
 
+#: The network input size wherever none is given: A2S's 320 x 320 (datamodules, pipelines, and the commands
+#: that predict with a checkpoint that does not record its training size).
+DEFAULT_IMAGE_SIZE = 320
+
 
 def _size_tuple(size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(size, int):
@@ -111,7 +115,7 @@ class TrainTransform(_BaseTransform):
 
     def __init__(
         self,
-        image_size: int | Sequence[int] = 256,
+        image_size: int | Sequence[int] = DEFAULT_IMAGE_SIZE,
         scale: Sequence[float] = (0.6, 1.0),
         hflip: float = 0.5,
         color_jitter: float = 0.2,

@@ -15,12 +15,21 @@ from typing import Any
 
 import numpy as np
 
+from usod.data.io import (
+    IMAGE_EXTENSIONS,
+    InvalidInputError,
+    images_under,
+    map_outputs,
+    read_image,
+)
 from usod.handcrafted.dsr import dsr
 from usod.handcrafted.mc import mc
 from usod.handcrafted.mr import manifold_ranking
 from usod.handcrafted.rbd import rbd
 from usod.handcrafted.superpixels import SuperpixelGraph, superpixel_graph
+from usod.labels.store import write_label_png
 from usod.ops.workers import worker_pool
+from usod.progress import progress_bar
 
 __all__ = [
     "HANDCRAFTED",
@@ -59,13 +68,11 @@ def saliency(name: str, image: np.ndarray, **options: Any) -> np.ndarray:
 
 
 def _run_one(task: tuple[str, str, str, dict[str, Any]]) -> str:
-    from usod.data.io import read_image
-    from usod.labels.store import write_png_atomic
 
     name, image_path, out_path, options = task
     image = read_image(image_path)
     sal = saliency(name, image, **options)
-    write_png_atomic(out_path, np.rint(np.clip(sal, 0.0, 1.0) * 255.0).astype(np.uint8))
+    write_label_png(out_path, np.rint(np.clip(sal, 0.0, 1.0) * 255.0).astype(np.uint8))
     return out_path
 
 
@@ -101,8 +108,6 @@ def run_files(
     ]
     bar = None
     if progress:
-        from usod.progress import progress_bar
-
         bar = progress_bar(total=len(jobs), desc=name, unit="img")
     written: list[Path] = []
     try:
@@ -144,8 +149,6 @@ def run_folder(
         InvalidInputError: It holds no image, ``output_dir`` is it or inside it, or two images would write
             the same map.
     """
-    from usod.data.io import IMAGE_EXTENSIONS, InvalidInputError, images_under, map_outputs
-
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"{input_dir}: input folder not found")

@@ -24,8 +24,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from usod.data.datasets import get_dataset
+from usod.data.io import IMAGE_EXTENSIONS, InvalidInputError, read_mask
 from usod.distributed import rank_world
+from usod.loggers import log_curves, train_epoch_end_step
 from usod.metrics import SOD_KEYS, SODMetrics
+from usod.progress import progress_bar
 
 __all__ = ["LABEL_QUALITY_KEYS", "PseudoLabelQuality", "score_labels", "training_masks"]
 
@@ -56,9 +60,6 @@ def score_labels(
     Returns:
         The updated metric (call ``compute()``: under DDP, on every rank).
     """
-    from usod.data.io import read_mask
-    from usod.progress import progress_bar
-
     metric = SODMetrics() if metric is None else metric
     todo = sorted(set(labels) & set(masks)) if ids is None else list(ids)
     device = metric.n.device
@@ -77,8 +78,6 @@ def training_masks(datamodule: Any) -> dict[str, Path] | None:
     root = getattr(datamodule, "root", None)
     if name is None or root is None:
         return None
-    from usod.data.datasets import get_dataset
-    from usod.data.io import InvalidInputError
 
     try:
         dataset = get_dataset(name, root=root, split=getattr(datamodule, "split", None), with_masks=True)
@@ -121,7 +120,6 @@ class PseudoLabelQuality(pl.Callback):
 
     @staticmethod
     def _folder_masks(folder: Path) -> dict[str, Path]:
-        from usod.data.io import IMAGE_EXTENSIONS
 
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: ground-truth mask folder not found")
@@ -148,7 +146,6 @@ class PseudoLabelQuality(pl.Callback):
         """Score the module's current labels (a listener; a collective under DDP: runs on every rank)."""
         if not updated_ids or not self.masks:
             return None
-        from usod.loggers import log_curves, train_epoch_end_step
 
         labels = module.export_labels(original_size=True)
         ids = sorted(set(labels) & set(self.masks))

@@ -34,8 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from usod.data.io import TMP_PREFIX, atomic_write_bytes, imread_cv2
-from usod.data.io import write_png_atomic as _write_png_atomic
+from usod.data.io import TMP_PREFIX, InvalidInputError, atomic_write_bytes, imread_cv2, write_png_atomic
 from usod.distributed import barrier, is_rank_zero, rank_world
 
 _RANK_VARS = ("RANK", "SLURM_PROCID", "LOCAL_RANK")
@@ -94,9 +93,9 @@ def to_uint8_label(label: np.ndarray | Any, *, name: str = "label") -> np.ndarra
     raise ValueError(f"{name}: unsupported label dtype {array.dtype}; use uint8, bool or float in [0, 1]")
 
 
-def write_png_atomic(path: str | Path, label: np.ndarray | Any) -> Path:
+def write_label_png(path: str | Path, label: np.ndarray | Any) -> Path:
     """Encodes ``label`` (see :func:`to_uint8_label`) as an 8-bit grayscale PNG and writes it atomically."""
-    return _write_png_atomic(path, to_uint8_label(label, name=str(path)))
+    return write_png_atomic(path, to_uint8_label(label, name=str(path)))
 
 
 def read_png_gray(path: str | Path) -> np.ndarray:
@@ -171,8 +170,6 @@ class PseudoLabelStore:
         self._known_complete: set[str] = set()
         blocker = next((p for p in (self.root, *self.root.parents) if p.exists()), None)
         if blocker is not None and not blocker.is_dir():
-            from usod.data.io import InvalidInputError
-
             raise InvalidInputError(blocker, "is a file, not a folder (where the pseudo-label store goes)")
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -390,7 +387,7 @@ class PseudoLabelStore:
                 f"pseudo-label round {round_name!r} is complete; labels can no longer change"
             )
         array = to_uint8_label(label, name=f"sample {sample_id!r}")
-        return write_png_atomic(path, array)
+        return write_label_png(path, array)
 
     def has(self, round_name: str, sample_id: str) -> bool:
         """Whether ``sample_id`` has a label in ``round_name``."""
@@ -486,6 +483,15 @@ class PseudoLabelStore:
     def rounds(self) -> list[dict[str, Any]]:
         """Manifest entries of all rounds, oldest first (copies; editing them changes nothing)."""
         return json.loads(json.dumps(self._load_manifest()["rounds"]))
+
+    def round(self, name: str) -> dict[str, Any] | None:
+        """The manifest entry of round ``name`` (a copy), or ``None`` when the store has no such round."""
+        return next((entry for entry in self.rounds() if entry["name"] == name), None)
+
+    def is_complete(self, name: str, ids: Iterable[str]) -> bool:
+        """Whether round ``name`` is marked complete and holds a label for every one of ``ids``."""
+        entry = self.round(name)
+        return bool(entry and entry.get("complete")) and not (set(ids) - self.finished_ids(name))
 
     def read(self, sample_id: str, round_name: str | None = None) -> np.ndarray:
         """Reads one label as HxW uint8 (from the current round by default)."""

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import Dataset, Subset
 
-from usod.data.io import imread_cv2
+from usod.data.io import imread_cv2, read_image
 from usod.labels.store import PseudoLabelStore
 
 log = logging.getLogger(__name__)
@@ -218,8 +218,6 @@ class PseudoLabelWriter(BasePredictionWriter):
         """The RGB image ``postprocess`` gets: the prediction's, else the file on disk, else the batch's."""
         image = _image_for(prediction, index, size)
         if image is None and sample_id in self._image_files:
-            from usod.data.io import read_image
-
             image = read_image(self._image_files[sample_id])
             if image.shape[:2] != size:
                 image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)

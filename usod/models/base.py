@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import io
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from usod.data.io import InvalidInputError
+from usod import loggers
+from usod.data.io import InvalidInputError, atomic_write_bytes
 from usod.metrics import SOD_KEYS, SODMetrics
 from usod.models.registry import UnknownModelError, model_class
 
@@ -90,8 +92,6 @@ class USODModule(pl.LightningModule):
         Returns:
             The computed scores.
         """
-        from usod.loggers import log_curves
-
         scores = metrics.compute()
         curves = metrics.curves()
         for key in SOD_LOG_KEYS:
@@ -106,7 +106,7 @@ class USODModule(pl.LightningModule):
                     reduce_fx="max",
                 )
         if not self._sanity_checking():
-            log_curves(self._trainer, f"{stage}_pr_curve", curves)
+            loggers.log_curves(self._trainer, f"{stage}_pr_curve", curves)
         metrics.reset()
         return scores
 
@@ -115,15 +115,13 @@ class USODModule(pl.LightningModule):
 
     def wants_panels(self, batch_idx: int) -> bool:
         """Whether :meth:`log_panels` would log for this batch (first batch, rank zero, a wandb logger)."""
-        from usod.loggers import media_loggers
-
         trainer = self._trainer
         return (
             batch_idx == 0
             and trainer is not None
             and trainer.is_global_zero
             and not trainer.sanity_checking
-            and bool(media_loggers(trainer))
+            and bool(loggers.media_loggers(trainer))
         )
 
     @torch.no_grad()
@@ -143,7 +141,6 @@ class USODModule(pl.LightningModule):
         """
         if not self.wants_panels(batch_idx):
             return False
-        from usod.loggers import log_panels
 
         n = self.num_panels
         if stage in ("val", "test") and isinstance(batch, dict) and "aux" not in maps:
@@ -159,7 +156,7 @@ class USODModule(pl.LightningModule):
                 channels = 3 if key in ("image", "aux", "depth", "thermal", "flow") else 1
                 shown[key] = value[:n, :channels].detach().float().cpu()
         ids = batch.get("id") if isinstance(batch, dict) else None
-        return log_panels(self._trainer, f"{stage}_panels", shown, ids=ids, max_samples=n)
+        return loggers.log_panels(self._trainer, f"{stage}_panels", shown, ids=ids, max_samples=n)
 
     # ------------------------------------------------------------------ validation
     def score_validation(
@@ -191,6 +188,17 @@ class USODModule(pl.LightningModule):
         if self._val_has_mask:
             self.log_sod_scores("val", self.val_metrics)
         self._val_has_mask = False
+
+    # ------------------------------------------------------------------ prediction
+    def batch_saliency(self, batch: dict[str, Any]) -> Tensor:
+        """Bx1xHxW saliency in [0, 1] of a batch: ``predict_saliency`` on its images by default; modules with
+        an auxiliary input (depth, thermal, flow) pass it on."""
+        return self.predict_saliency(self._images(batch))
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """``{"id", "size", "saliency"}`` for ``usod predict`` and the pseudo-label writer (see
+        :meth:`batch_saliency`)."""
+        return {"id": batch.get("id"), "size": batch.get("size"), "saliency": self.batch_saliency(batch)}
 
     # ------------------------------------------------------------------ test
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -435,16 +443,11 @@ def save_module(module: USODModule, path: str | Path) -> Path:
     Returns:
         ``path``.
     """
-    import os
-
-    path = Path(path)
     checkpoint: dict[str, Any] = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
     module.on_save_checkpoint(checkpoint)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
-    return path
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -23,8 +23,9 @@ import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_softmax
 
 from usod.data.io import imread_cv2
-from usod.labels.store import write_png_atomic
+from usod.labels.store import write_label_png
 from usod.ops.workers import worker_pool
+from usod.progress import progress_bar
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _EPS = 1e-5
@@ -232,7 +233,7 @@ def _run_one(task: tuple[Any, Any, PostProcessConfig, str | None]) -> np.ndarray
         where = f" for {prob_path}" if prob_path is not None else ""
         raise ValueError(f"post-processing failed{where}: {err}") from err
     if out_path is not None:
-        write_png_atomic(out_path, label)
+        write_label_png(out_path, label)
         return out_path
     return label
 
@@ -247,8 +248,6 @@ def _map(
 ) -> list[Any]:
     bar = None
     if progress:
-        from usod.progress import progress_bar
-
         bar = progress_bar(total=len(tasks), desc=desc, unit="img")
     try:
         if workers <= 0 or len(tasks) <= 1:

@@ -16,7 +16,7 @@ from torch.utils.data.distributed import DistributedSampler
 from usod.data.cache import CachedDataset
 from usod.data.datasets import get_dataset, get_dataset_class
 from usod.data.io import NoMasksError
-from usod.data.transforms import EvalTransform, GPUAugmentation, TrainTransform
+from usod.data.transforms import DEFAULT_IMAGE_SIZE, EvalTransform, GPUAugmentation, TrainTransform
 
 
 def seed_worker(worker_id: int) -> None:
@@ -132,7 +132,7 @@ class SODDataModule(pl.LightningDataModule):
         val_split: str | None = None,
         predict_on: str = "train",
         pseudo_dir: str | Path | None = None,
-        image_size: int | Sequence[int] = 256,
+        image_size: int | Sequence[int] = DEFAULT_IMAGE_SIZE,
         batch_size: int = 8,
         num_workers: int = 2,
         pin_memory: bool | None = None,

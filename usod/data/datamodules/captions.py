@@ -10,8 +10,9 @@ from torch.utils.data import Dataset
 
 from usod.data.captions import CaptionedDataset, CaptionFlip, CaptionIndex
 from usod.data.datamodules.base import SODDataModule
+from usod.data.datasets import get_dataset
 from usod.data.io import InvalidInputError
-from usod.data.transforms import EvalTransform, GPUAugmentation, TrainTransform
+from usod.data.transforms import DEFAULT_IMAGE_SIZE, EvalTransform, GPUAugmentation, TrainTransform
 
 __all__ = ["CaptionDataModule"]
 
@@ -57,7 +58,7 @@ class CaptionDataModule(SODDataModule):
         val_split: str | None = None,
         predict_on: str = "train",
         pseudo_dir: str | Path | None = None,
-        image_size: int | Sequence[int] = 256,
+        image_size: int | Sequence[int] = DEFAULT_IMAGE_SIZE,
         batch_size: int = 8,
         num_workers: int = 2,
         pin_memory: bool | None = None,
@@ -147,8 +148,6 @@ class CaptionDataModule(SODDataModule):
 
     def build_train_set(self, pseudo_dir: Path | None = None, transform: Any = None) -> Dataset:
         """The training images with captions; ground truth only when ``supervised``."""
-        from usod.data.datasets import get_dataset
-
         base = get_dataset(
             self.dataset_name,
             root=self.root,
@@ -174,8 +173,6 @@ class CaptionDataModule(SODDataModule):
 
     def build_eval_set(self, with_masks: bool = True) -> Dataset:
         """The validation/test images with ground truth and their first caption (``""`` if none)."""
-        from usod.data.datasets import get_dataset
-
         base = get_dataset(
             self.val_dataset_name,
             root=self.val_root,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from usod.data.datasets.base import SampleFiles, SODDataset, index_folder, list_entries, natural_key
+from usod.data.flow import FLOW_METHODS, cached_flow_images, default_flow_cache
 from usod.data.io import LayoutError, NoMasksError
 
 __all__ = ["DAVIS", "DAVSOD", "FBMS", "FLOW_SOURCES", "SegTrackV2", "VideoDataset"]
@@ -68,7 +69,6 @@ class VideoDataset(SODDataset):
         flow_cache: str | Path | None = None,
         flow_method: Literal["dis", "farneback"] = "dis",
     ) -> None:
-        from usod.data.flow import FLOW_METHODS
 
         if flow_source not in FLOW_SOURCES:
             raise ValueError(f"unknown flow_source {flow_source!r}; expected one of {FLOW_SOURCES}")
@@ -129,8 +129,6 @@ class VideoDataset(SODDataset):
 
     def _computed_flows(self, image_dir: Path, images: dict[str, Path]) -> dict[str, Path]:
         """Stem -> cached flow image for every frame of one sequence folder (computed on first use)."""
-        from usod.data.flow import cached_flow_images, default_flow_cache
-
         stems = sorted(images, key=natural_key)
         if len(stems) < 2:
             self._missing(image_dir, "cannot compute optical flow for a sequence of fewer than 2 frames")

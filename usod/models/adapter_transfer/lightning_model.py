@@ -35,11 +35,16 @@ import torch
 from torch import Tensor
 
 from usod.data.io import InvalidInputError
+from usod.labels.bank import LabelBank
 from usod.models.adapter_transfer.torch_model import EncoderAdapters
 from usod.models.aux_input import batch_aux, check_aux_modality, flip_allowed
 from usod.models.base import USODModule, checked_arguments, checkpoint_class, load_module, read_checkpoint
+from usod.models.cue_extractor.loss import PCLSDLoss
+from usod.models.online_labels import LabelListener, OnlineLabelTraining
 from usod.models.registry import UnknownModelError, model_class
-from usod.models.saliency_detector.lightning_model import LabelBank, LabelListener, OnlineLabelTraining
+from usod.models.saliency_detector.loss import BCESSIMIoULoss, IoUMultiScaleLoss
+from usod.models.saliency_detector.refine import PixelAdaptiveRefiner
+from usod.ops.crf import PostProcessConfig, postprocess
 
 __all__ = ["AdapterTransfer", "load_base"]
 
@@ -261,9 +266,6 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
         )
         self.loss_fn: Any = None
         if self.is_detector:
-            from usod.models.saliency_detector.loss import BCESSIMIoULoss, IoUMultiScaleLoss
-            from usod.models.saliency_detector.refine import PixelAdaptiveRefiner
-
             binarize = bool(base_hparams.get("binarize_target", True))
             if loss == "bce_ssim_iou":
                 self.loss_fn = BCESSIMIoULoss(binarize=binarize)
@@ -351,7 +353,7 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
             sal = 0.5 * (sal + self(images.flip(-1), None if aux is None else aux.flip(-1)).flip(-1))
         return sal.float()  # float32 under autocast too, for numpy, CRF and PNGs
 
-    def _batch_saliency(self, batch: dict[str, Any]) -> Tensor:
+    def batch_saliency(self, batch: dict[str, Any]) -> Tensor:
         images = self._images(batch)
         key, aux = self._aux(batch, images)
         return self.predict_saliency(images, aux, allow_flip=flip_allowed(key))
@@ -366,7 +368,6 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
         prob = self.base_saliency(images, aux).float()
         if self.hparams.initial_labels == "raw":
             return prob
-        from usod.ops.crf import PostProcessConfig, postprocess
 
         config = PostProcessConfig()
         rgb = (
@@ -418,7 +419,6 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
         return self.train_on_labels(batch, batch_idx, images, aux, key, target, self._raw)
 
     def _stage1_loss_kwargs(self) -> dict[str, Any]:
-        from usod.models.cue_extractor.loss import PCLSDLoss
 
         if isinstance(self.base.loss_fn, PCLSDLoss):
             return {"progress": self.training_progress()}
@@ -437,11 +437,7 @@ class AdapterTransfer(OnlineLabelTraining, USODModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Score the adapted saliency against ``mask`` when the batch has one."""
         if batch.get("mask") is not None:
-            self.score_validation(batch, batch_idx, self._batch_saliency(batch))
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Return ``{"id", "size", "saliency"}`` for ``usod predict`` and the pseudo-label writer."""
-        return {"id": batch.get("id"), "size": batch.get("size"), "saliency": self._batch_saliency(batch)}
+            self.score_validation(batch, batch_idx, self.batch_saliency(batch))
 
     def configure_optimizers(self) -> Any:
         """Adam (or Nesterov SGD) on the adapters only, with step decay at epoch fractions."""

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from usod.models.aux_input import batch_aux, check_aux_modality, flip_allowed
+from usod.models.backbones import build_encoder
 from usod.models.base import USODModule
 from usod.models.cue_extractor.loss import ADBLoss, PCLSDLoss
 from usod.models.cue_extractor.torch_model import SIGN_RULES, CueExtractorModel, CueExtractorOutput, SignRule
@@ -199,8 +200,6 @@ class CueExtractor(USODModule):
         if any(not 0.0 < m <= 1.0 for m in lr_milestones):
             raise ValueError(f"lr_milestones must be epoch fractions in (0, 1], got {list(lr_milestones)}")
         if encoder is None:
-            from usod.models.backbones import build_encoder
-
             encoder = build_encoder(backbone, frozen=True)
         self.model = CueExtractorModel(
             encoder,
@@ -336,12 +335,11 @@ class CueExtractor(USODModule):
             sal = 0.5 * (sal + self.model(images.flip(-1), aux_flipped).saliency.flip(-1))
         return sal.float()  # float32 under autocast too, for numpy, CRF and PNGs
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Return ``{"id", "size", "saliency"}`` for the pseudo-label writer (no CRF here)."""
+    def batch_saliency(self, batch: dict[str, Any]) -> Tensor:
+        """The raw saliency of a batch (with its auxiliary image, if used; no CRF here)."""
         images = self._images(batch)
         key, aux = self._aux(batch, images)
-        saliency = self.predict_saliency(images, aux, allow_flip=flip_allowed(key))
-        return {"id": batch.get("id"), "size": batch.get("size"), "saliency": saliency}
+        return self.predict_saliency(images, aux, allow_flip=flip_allowed(key))
 
     def configure_optimizers(self) -> Any:
         """SGD (Nesterov) on the heads only, with step decay at fractions of the epochs."""

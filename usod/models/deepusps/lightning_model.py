@@ -13,10 +13,11 @@ Historical moving averages (MVA, Sec. 3.1): after every forward pass of training
 flip undone) is refined by a fully connected CRF on the training-resolution image and folded into a
 per-image average, ``MVA <- (1 - alpha) CRF(y) + alpha MVA`` with ``alpha = 0.7``; the first CRF output of
 an image starts its average. No extra forward pass is needed. The averages live in a
-:class:`~usod.models.saliency_detector.LabelBank` (id -> HxW uint8 at training resolution, on the CPU, not
+:class:`~usod.labels.LabelBank` (id -> HxW uint8 at training resolution, on the CPU, not
 in checkpoints): updates are staged during the epoch and applied at its end, all-gathered across DDP ranks,
 so each image gets one update per epoch (the paper's ``MVA(x, p, k)`` over epochs ``k``).
-:class:`MVARoundWriter` writes the final averages to a pseudo-label store as a round.
+:class:`~usod.labels.LabelRoundWriter` (``at="end"``) writes the final averages to a pseudo-label store as a
+round.
 
 The training transform must be deterministic (resize only; ``augment=False``): the module flips images
 itself and the averages are aligned with the un-augmented image.
@@ -25,22 +26,21 @@ itself and the averages are aligned with the un-augmented image.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from usod.distributed import rank_world
+from usod.labels.bank import LabelBank
+from usod.models.backbones import build_encoder
 from usod.models.base import USODModule
 from usod.models.deepusps.loss import FBetaLoss, binarize_targets
 from usod.models.deepusps.torch_model import DeepUSPSModel
-from usod.models.saliency_detector import LabelBank
+from usod.ops.crf import dense_crf
 
-__all__ = ["DEFAULT_MVA_CRF", "DeepUSPSRefiner", "MVARoundWriter"]
+__all__ = ["DEFAULT_MVA_CRF", "DeepUSPSRefiner"]
 
 #: CRF of the moving averages: usod's dense CRF kernels with a soft unary (the network's probabilities),
 #: five mean-field iterations (the averages need no more; the CRF runs on every training sample).
@@ -121,8 +121,6 @@ class DeepUSPSRefiner(USODModule):
             raise ValueError(f"adaptive_factor must be positive, got {adaptive_factor}")
         self.crf_params = None if crf is None else {**DEFAULT_MVA_CRF, **dict(crf)}
         if encoder is None:
-            from usod.models.backbones import build_encoder
-
             encoder = build_encoder(backbone)
         self.model = DeepUSPSModel(encoder, channels=channels)
         self.loss_fn = FBetaLoss(beta2)
@@ -141,7 +139,7 @@ class DeepUSPSRefiner(USODModule):
             shape = tuple(pseudo.shape) if isinstance(pseudo, Tensor) else None
             raise ValueError(
                 f"training batches need 'pseudo' of shape Bx{k}xHxW (num_targets={k}), got {shape}; attach "
-                "pseudo labels to the datamodule (see usod.models.deepusps.StackedLabelDataModule)"
+                "pseudo labels to the datamodule (see usod.data.datamodules.StackedLabelDataModule)"
             )
         pseudo = pseudo.float()
         if pseudo.shape[-2:] != images.shape[-2:]:
@@ -153,7 +151,6 @@ class DeepUSPSRefiner(USODModule):
         """``CRF(y)`` of Bx1xHxW probabilities along their Bx3xHxW images (``y`` itself without ``crf``)."""
         if self.crf_params is None:
             return probs.float()
-        from usod.ops.crf import dense_crf
 
         rgb = (images.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
         rgb = rgb.permute(0, 2, 3, 1).cpu().numpy()
@@ -192,6 +189,10 @@ class DeepUSPSRefiner(USODModule):
     def export_labels(self, original_size: bool = False) -> dict[str, np.ndarray]:
         """The pseudo labels this module produces: its moving averages (as :meth:`export_mva`)."""
         return self.export_mva(original_size=original_size)
+
+    def label_round_meta(self) -> dict[str, Any]:
+        """What a round of the moving averages records besides its producer."""
+        return {"mva_alpha": self.hparams.mva_alpha}
 
     # ------------------------------------------------------------------ lightning hooks
     def forward(self, images: Tensor) -> Tensor:
@@ -239,11 +240,6 @@ class DeepUSPSRefiner(USODModule):
             images = self._images(batch)
             self.score_validation(batch, batch_idx, self.predict_saliency(images), images)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Return ``{"id", "size", "saliency"}`` for the pseudo-label writer and ``usod predict``."""
-        images = self._images(batch)
-        return {"id": batch.get("id"), "size": batch.get("size"), "saliency": self.predict_saliency(images)}
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam (betas 0.9, 0.999), the encoder at ``encoder_lr_ratio * lr``."""
         hp = self.hparams
@@ -255,48 +251,3 @@ class DeepUSPSRefiner(USODModule):
             {"params": [p for p in self.model.decoder_parameters() if p.requires_grad], "lr": hp.lr},
         ]
         return torch.optim.Adam([g for g in groups if g["params"]], lr=hp.lr, weight_decay=hp.weight_decay)
-
-
-class MVARoundWriter(pl.Callback):
-    """Write a :class:`DeepUSPSRefiner`'s moving averages to a pseudo-label store when training ends.
-
-    The round (``round_name``) gets every image seen in training, at its original size; each DDP rank
-    writes ``sorted(ids)[rank::world_size]`` (the banks are identical on all ranks). A complete round of the
-    same name is replaced (its old files retired), then the round is completed and becomes current.
-
-    Args:
-        store: A :class:`~usod.labels.PseudoLabelStore` or its root folder.
-        round_name: Round to write.
-        meta: Extra manifest metadata.
-        expected_ids: Ids that must all be written (``None``: whatever was seen).
-    """
-
-    def __init__(
-        self,
-        store: Any,
-        round_name: str,
-        meta: dict[str, Any] | None = None,
-        expected_ids: Sequence[str] | None = None,
-    ) -> None:
-        from usod.labels import PseudoLabelStore
-
-        self.store = store if isinstance(store, PseudoLabelStore) else PseudoLabelStore(Path(store))
-        self.round_name = round_name
-        self.meta = dict(meta or {})
-        self.expected_ids = None if expected_ids is None else list(expected_ids)
-        self.written = False
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not isinstance(pl_module, DeepUSPSRefiner) or not pl_module.hparams.mva:
-            return
-        labels = pl_module.export_mva(original_size=True)
-        if not labels:
-            return
-        rank, world = rank_world()
-        ids = sorted(labels)
-        meta = {"producer": "DeepUSPSRefiner", "mva_alpha": pl_module.hparams.mva_alpha, **self.meta}
-        self.store.begin_round(self.round_name, meta=meta, overwrite=True)
-        for sid in ids[rank::world]:
-            self.store.write(self.round_name, sid, labels[sid])
-        self.store.complete_round(self.round_name, expected_ids=self.expected_ids or ids)
-        self.written = True

@@ -5,8 +5,6 @@ from __future__ import annotations
 from usod.models.saliency_detector.lightning_model import (
     LABEL_UPDATES,
     LOSSES,
-    LabelBank,
-    LabelRoundWriter,
     SaliencyDetector,
 )
 from usod.models.saliency_detector.loss import (
@@ -30,8 +28,6 @@ __all__ = [
     "BCESSIMIoULoss",
     "ConvBlock",
     "IoUMultiScaleLoss",
-    "LabelBank",
-    "LabelRoundWriter",
     "PixelAdaptiveRefiner",
     "ResidualAttentionModule",
     "SaliencyDetector",

@@ -81,6 +81,9 @@ class BCESSIMIoULoss(nn.Module):
         window_size: SSIM window size.
     """
 
+    #: The training step needs no second, rescaled view.
+    multi_scale = False
+
     def __init__(self, binarize: bool = True, window_size: int = 11) -> None:
         super().__init__()
         self.binarize = binarize
@@ -111,6 +114,9 @@ class IoUMultiScaleLoss(nn.Module):
         consistency_weight: Weight ``w_c`` of the squared difference between the two views.
         binarize: Threshold the target at 0.5 first (the authors' code does).
     """
+
+    #: The training step passes the logits of a second, rescaled view to :meth:`terms`.
+    multi_scale = True
 
     def __init__(self, scale_weight: float = 0.5, consistency_weight: float = 1.0, binarize: bool = True):
         super().__init__()

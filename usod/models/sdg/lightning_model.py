@@ -34,6 +34,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from usod.data.io import InvalidInputError
+from usod.models.backbones import build_encoder
 from usod.models.base import USODModule
 from usod.models.sdg.loss import StructureLoss
 from usod.models.sdg.text import Vocabulary
@@ -170,8 +171,6 @@ class SDGCaptionGuided(USODModule):
                 raise InvalidInputError(init_paths[0], "checkpoint holds no vocabulary")
         self.vocab = Vocabulary.from_source(vocab, min_count=vocab_min_count)
         self.hparams["vocab"] = list(self.vocab.tokens)  # checkpoints carry the tokens, not the file
-
-        from usod.models.backbones import build_encoder
 
         encoder = build_encoder(backbone if backbone is not None else DEFAULT_BACKBONE)
         sod = PVTSOD(encoder, dim=decoder_dim, dropout=decoder_dropout)
@@ -418,11 +417,6 @@ class SDGCaptionGuided(USODModule):
             return
         if batch.get("mask") is not None:
             self.score_validation(batch, batch_idx, self.predict_saliency(images), images)
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """``{"id", "size", "saliency"}`` for ``usod predict`` and the pseudo-label writer."""
-        images = self._images(batch)
-        return {"id": batch.get("id"), "size": batch.get("size"), "saliency": self.predict_saliency(images)}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW over the parameters the phase trains; encoders at ``encoder_lr_ratio * lr``."""

@@ -211,7 +211,7 @@ def test_bad_checkpoint_and_missing_data_are_one_line_errors(trained, tmp_path, 
 
 
 def test_pipeline_uses_the_same_label_round(trained, tmp_path) -> None:
-    from usod.pipeline import LABEL_ROUND, RAW_ROUND, PipelineConfig, write_stage1_labels
+    from usod.pipelines.a2s import LABEL_ROUND, RAW_ROUND, PipelineConfig, write_stage1_labels
 
     data, ckpt = trained
     config = PipelineConfig(

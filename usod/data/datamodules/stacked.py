@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from usod.data.datamodules import RGBDataModule
+from usod.data.datamodules.modalities import RGBDataModule
+from usod.data.io import read_mask
 
 __all__ = ["StackedLabelDataModule", "StackedLabels"]
 
@@ -52,7 +53,6 @@ class StackedLabels(Dataset):
         return getattr(self.base, name)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from usod.data.io import read_mask
 
         sample = dict(self.base[index])
         h, w = (int(s) for s in sample["image"].shape[-2:])

@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.metrics._reference import KEYS, blob_mask, make_prediction, pysod_scores
+from usod import evaluation
 from usod.commands import evaluate
 from usod.data.io import InvalidInputError
 from usod.metrics import SCORE_KEYS
-
-from ._reference import KEYS, blob_mask, make_prediction, pysod_scores
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -93,8 +93,8 @@ def test_cli_scores_json_plot_and_report(folders: dict, capsys: pytest.CaptureFi
 
 
 def test_evaluate_folders_and_method(folders: dict) -> None:
-    out = evaluate.evaluate_folders(folders["gt"], {"m": folders["pred"]})
-    res = evaluate.evaluate_method(folders["gt"], folders["pred"])
+    out = evaluation.evaluate_folders(folders["gt"], {"m": folders["pred"]})
+    res = evaluation.evaluate_method(folders["gt"], folders["pred"])
     assert res.name == "methodA"
     assert out["m"] == res.scores
     assert res.missing == ["img_c"]
@@ -105,14 +105,14 @@ def test_evaluate_folders_and_method(folders: dict) -> None:
 
 
 def test_workers_give_identical_scores(folders: dict) -> None:
-    serial = evaluate.evaluate_method(folders["gt"], folders["pred"], workers=0)
-    parallel = evaluate.evaluate_method(folders["gt"], folders["pred"], workers=2)
+    serial = evaluation.evaluate_method(folders["gt"], folders["pred"], workers=0)
+    parallel = evaluation.evaluate_method(folders["gt"], folders["pred"], workers=2)
     assert serial.scores == parallel.scores
     assert serial.curves == parallel.curves
     bad = folders["pred"] / "seq2" / "00000.png"
     bad.write_bytes(b"")
     with pytest.raises(InvalidInputError, match="empty"):
-        evaluate.evaluate_folders(folders["gt"], {"m": folders["pred"]}, workers=2)
+        evaluation.evaluate_folders(folders["gt"], {"m": folders["pred"]}, workers=2)
 
 
 def test_strict_fails_on_missing(folders: dict) -> None:

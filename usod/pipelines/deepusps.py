@@ -35,6 +35,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
+
+from usod.data.datamodules import StackedLabelDataModule
+from usod.data.io import InvalidInputError, atomic_write_bytes
+from usod.distributed import barrier, init_from_launcher, is_rank_zero, rank_world
+from usod.evaluation import score_round
+from usod.handcrafted import get_method, run_files
+from usod.labels import PseudoLabelStore
+from usod.labels.quality import PseudoLabelQuality
+from usod.labels.rounds import LabelRoundWriter, write_label_round
+from usod.loggers import active_run, log_results, wandb_job
+from usod.models.deepusps import DeepUSPSRefiner
+from usod.pipelines.steps import (
+    RunSettings,
+    check_arguments,
+    predict_settings,
+    save_step_checkpoint,
+    step_trainer,
+)
+
 log = logging.getLogger(__name__)
 
 FUSED_ROUND = "fused-pred"
@@ -55,80 +75,46 @@ def pred_round(method: str, k: int) -> str:
     return f"{method}-r{k}-pred"
 
 
-@dataclass
-class DeepUSPSConfig:
-    """Settings of :func:`run_deepusps`.
+@dataclass(kw_only=True)
+class DeepUSPSConfig(RunSettings):
+    """Settings of :func:`run_deepusps`: the fields of :class:`~usod.pipelines.steps.RunSettings` (``out``:
+    ``labels/``, ``refine/``, ``fused.ckpt``, ``report.json``, ``logs/``; ``dataset``, an RGB dataset;
+    ``root``, ``split``, ``image_size``, ``batch_size``, ``num_workers``, ``accelerator``, ``devices``,
+    ``num_nodes``, ``strategy``, ``precision``, ``performance``, ``seed``, ``log_every_n_steps``, ``logger``)
+    and the following.
 
     Attributes:
-        out: Output folder (``labels/``, ``refine/``, ``fused.ckpt``, ``report.json``, ``logs/``).
-        dataset: Registered RGB dataset name of the training images.
-        root: Dataset root.
-        split: Training split (``None``: default).
         methods: Handcrafted methods to refine.
         handcrafted_workers: Processes computing the handcrafted maps.
         handcrafted_options: Per-method keyword arguments, ``{method: {...}}``.
         rounds: Self-supervision iterations after the inter-image-consistency round (paper: 2).
         epochs: Epochs of every refinement round (paper: 25).
         fusion_epochs: Epochs of the fusion network (paper: 200).
-        image_size: Network input size.
-        batch_size: Batch size.
-        num_workers: DataLoader workers.
         refiner: Further :class:`DeepUSPSRefiner` arguments of the refinement networks (``backbone``, ``lr``,
             ``crf``...).
         fusion: Further :class:`DeepUSPSRefiner` arguments of the fusion network (defaults to ``refiner``'s
             backbone, channels and learning rate).
         lr_growth: Learning-rate factor per self-supervision round (paper: 2).
         write_predictions: Also write the network maps of every refinement round.
-        accelerator: Lightning accelerator.
-        devices: Devices per node of every training and prediction step (Lightning's ``devices``).
-        num_nodes: Nodes of a multi-node job.
-        strategy: Lightning strategy (``"auto"``: DDP when there is more than one device).
-        precision: Lightning precision of every network (``"32-true"``; ``"bf16-mixed"`` on a GPU).
-        performance: :class:`~usod.callbacks.PerformanceOptions` arguments, e.g.
-            ``{"channels_last": true, "compile": true}``.
-        seed: Global seed.
-        log_every_n_steps: Training steps between logged losses.
-        logger: ``None``/``"csv"`` (CSV logs in ``OUT/logs`` only), ``"wandb"`` or a mapping of wandb
-            settings (see :func:`usod.loggers.logger_settings`): one wandb run ``deepusps-<dataset>`` with
+        logger: (see :class:`~usod.pipelines.steps.RunSettings`): one wandb run ``deepusps-<dataset>`` with
             every network's losses (``<method>-r<k>-train_loss``, ``fusion-train_loss``), the quality of
             the moving averages after every epoch (``<method>-r<k>-label_max_f``, ... when the training
             images have ground truth) and the report's round scores.
     """
 
-    out: Path
-    dataset: str = "folder"
-    root: Path = Path("data/synth/rgb")
-    split: str | None = None
     methods: tuple[str, ...] = ("rbd", "mc", "dsr", "mr")
     handcrafted_workers: int = 2
     handcrafted_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     rounds: int = 2
     epochs: int = 10
     fusion_epochs: int = 20
-    image_size: int = 224
-    batch_size: int = 16
-    num_workers: int = 2
     refiner: dict[str, Any] = field(default_factory=dict)
     fusion: dict[str, Any] = field(default_factory=dict)
     lr_growth: float = 2.0
     write_predictions: bool = True
-    accelerator: str = "auto"
-    devices: int | str | list[int] = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
-    performance: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    log_every_n_steps: int = 5
-    logger: str | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        from usod.handcrafted import get_method
-        from usod.loggers import logger_settings
-
-        self.logger = logger_settings(self.logger)
-        self.out = Path(self.out)
-        self.root = Path(self.root)
+        super().__post_init__()
         self.methods = tuple(m.lower() for m in self.methods)
         for method in self.methods:
             get_method(method)
@@ -136,6 +122,8 @@ class DeepUSPSConfig:
             raise ValueError("DeepUSPS needs at least one handcrafted method")
         if self.rounds < 0 or self.epochs < 1 or self.fusion_epochs < 1:
             raise ValueError("rounds must be >= 0 and epochs, fusion_epochs >= 1")
+        check_arguments("refiner", DeepUSPSRefiner, self.refiner)
+        check_arguments("fusion", DeepUSPSRefiner, self.fusion)
         start = int(self.refiner.get("mva_start_epoch", 0))
         if start >= self.epochs:
             raise ValueError(
@@ -159,8 +147,6 @@ class DeepUSPSConfig:
 
 
 def _datamodule(config: DeepUSPSConfig, label_dirs: list[str] | None = None) -> Any:
-    from usod.models.deepusps.data import StackedLabelDataModule
-
     return StackedLabelDataModule(
         label_dirs=label_dirs or [],
         dataset=config.dataset,
@@ -179,20 +165,12 @@ def _predict_set(config: DeepUSPSConfig) -> Any:
     return dm.predict_set
 
 
-def _round_done(store: Any, name: str, ids: list[str]) -> bool:
-    entry = next((r for r in store.rounds() if r["name"] == name), None)
-    return bool(entry and entry.get("complete")) and not (set(ids) - store.finished_ids(name))
-
-
 def write_handcrafted(config: DeepUSPSConfig, method: str, store: Any, dataset: Any) -> int:
     """Compute ``method`` for every training image into round ``hc-<method>``; returns the maps this
     process wrote (under DDP each rank computes its share)."""
-    from usod.distributed import barrier, rank_world
-    from usod.handcrafted import run_files
-
     name = handcrafted_round(method)
     ids = [f.id for f in dataset.files]
-    done = _round_done(store, name, ids)
+    done = store.is_complete(name, ids)
     barrier()  # every rank has read the store before rank 0 changes it
     if done:
         return 0
@@ -220,13 +198,9 @@ def train_refinement_round(
     Returns:
         The checkpoint, and whether it was trained now (False: resumed).
     """
-    from usod.labels.quality import PseudoLabelQuality
-    from usod.models.deepusps.lightning_model import DeepUSPSRefiner, MVARoundWriter
-    from usod.pipeline import save_step_checkpoint, step_trainer
-
     ckpt = config.refine_ckpt(method, k)
     target = mva_round(method, k)
-    if ckpt.is_file() and _round_done(store, target, ids):
+    if ckpt.is_file() and store.is_complete(target, ids):
         log.info("deepusps: %s exists, skipping %s round %d", ckpt, method, k)
         return ckpt, False
     source = handcrafted_round(method) if k == 0 else mva_round(method, k - 1)
@@ -234,8 +208,8 @@ def train_refinement_round(
     kwargs["lr"] = float(kwargs.get("lr", 1e-3)) * config.lr_growth**k
     kwargs.update(num_targets=1, mva=True, target_threshold=None if k == 0 else 0.5)
     model = DeepUSPSRefiner(**kwargs)
-    writer = MVARoundWriter(
-        store, target, meta={"method": method, "round": k, "from": source}, expected_ids=ids
+    writer = LabelRoundWriter(
+        store, target, at="end", meta={"method": method, "round": k, "from": source}, expected_ids=ids
     )
     # the moving averages are scored after every epoch when the training images have ground truth
     trainer = step_trainer(config, config.epochs, f"{method}-r{k}", [writer, PseudoLabelQuality()])
@@ -251,9 +225,6 @@ def train_fusion(config: DeepUSPSConfig, store: Any) -> tuple[Path, bool]:
     Returns:
         The checkpoint, and whether it was trained now.
     """
-    from usod.models.deepusps.lightning_model import DeepUSPSRefiner
-    from usod.pipeline import save_step_checkpoint, step_trainer
-
     ckpt = config.fused_ckpt
     if ckpt.is_file():
         log.info("deepusps: %s exists, skipping fusion", ckpt)
@@ -274,8 +245,6 @@ def _write_predictions(
     config: DeepUSPSConfig, dataset: Any, ckpt: Path, store: Any, name: str, overwrite: bool
 ) -> None:
     """The network maps of ``ckpt`` as round ``name`` (resumable; ``overwrite`` after retraining)."""
-    from usod.pipeline import predict_settings, write_label_round
-
     write_label_round(
         dataset,
         ckpt,
@@ -295,12 +264,13 @@ def score_rounds(config: DeepUSPSConfig, names: list[str]) -> dict[str, dict[str
 
     In a DDP job every rank calls this and scores its share of the images (the scores are of all of them).
     """
-    from usod.pipeline import PipelineConfig, score_round
-
-    adapter = PipelineConfig(out=config.out, dataset=config.dataset, root=config.root, split=config.split)
+    try:
+        dataset = config.training_set()
+    except InvalidInputError:
+        return {}  # no ground truth: nothing to score against
     scores = {}
     for name in names:
-        result = score_round(adapter, name, distributed=True)
+        result = score_round(config.store_root, dataset, name, distributed=True)
         if result is None:
             return {}
         scores[name] = result["scores"]
@@ -327,11 +297,6 @@ def run_deepusps(config: DeepUSPSConfig) -> dict[str, Any] | None:
     ``OUT/report.json``. In a multi-process job every rank calls this; rank 0 writes the report and returns
     the summary, the other ranks return ``None``.
     """
-    import pytorch_lightning as pl
-
-    from usod.distributed import init_from_launcher, is_rank_zero
-    from usod.loggers import wandb_job
-
     init_from_launcher(config.accelerator)  # torchrun/srun: the ranks share the handcrafted maps
     pl.seed_everything(config.seed, workers=True, verbose=False)
     config.out.mkdir(parents=True, exist_ok=True)
@@ -342,11 +307,6 @@ def run_deepusps(config: DeepUSPSConfig) -> dict[str, Any] | None:
 
 
 def _run_steps(config: DeepUSPSConfig) -> dict[str, Any] | None:
-    import pytorch_lightning as pl
-
-    from usod.labels import PseudoLabelStore
-    from usod.loggers import active_run, log_results
-
     store = PseudoLabelStore(config.store_root)
     dataset = _predict_set(config)
     ids = [f.id for f in dataset.files]
@@ -373,8 +333,6 @@ def _run_steps(config: DeepUSPSConfig) -> dict[str, Any] | None:
     fused, trained = timed("fusion", train_fusion, config, store)
     timed("fusion-predict", _write_predictions, config, dataset, fused, store, FUSED_ROUND, trained)
     metrics = timed("report", score_rounds, config, round_names(config))  # every rank scores its share
-    from usod.distributed import is_rank_zero
-
     if not is_rank_zero():
         return None  # rank 0 writes the report
     summary = {
@@ -382,7 +340,7 @@ def _run_steps(config: DeepUSPSConfig) -> dict[str, Any] | None:
         "timings_s": timings,
         "metrics": metrics,
     }
-    (config.out / "report.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_bytes(config.out / "report.json", json.dumps(summary, indent=2).encode())
     run = active_run()
     if run is not None:
         log_results(run, "labels", {name: {"scores": scores} for name, scores in metrics.items()})

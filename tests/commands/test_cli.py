@@ -10,7 +10,7 @@ import yaml
 from usod.cli import COMMANDS, main
 from usod.data.synth import write_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_command_module_has_the_interface() -> None:
@@ -248,7 +248,7 @@ def test_predict_on_a_truncated_video_writes_what_decodes_and_says_so(tmp_path, 
 def test_demo_rewrites_interrupted_data_and_refuses_other_settings(tmp_path, capsys, monkeypatch) -> None:
     import json
 
-    import usod.pipeline
+    import usod.pipelines.a2s
 
     class Stop(Exception):
         pass
@@ -256,7 +256,7 @@ def test_demo_rewrites_interrupted_data_and_refuses_other_settings(tmp_path, cap
     def stop(config):
         raise Stop(config.root)
 
-    monkeypatch.setattr(usod.pipeline, "run_pipeline", stop)
+    monkeypatch.setattr(usod.pipelines.a2s, "run_pipeline", stop)
     data = tmp_path / "demo" / "data" / "rgb"
     write_dataset(data, "rgb", 3, size=(32, 32))
     record = json.loads((data / "synth.json").read_text())

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers.models import RESNET18 as TINY
 from usod.cli import main
 from usod.data.synth import write_dataset
 from usod.labels import PseudoLabelStore
 
 N, SIZE = 8, 64
-TINY = {"name": "resnet18", "weights": "none"}
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,8 @@ def test_pipeline_runs_both_stages_reports_and_resumes(data, tmp_path, capsys) -
 def test_held_out_scores_equal_usod_evaluate_on_predicted_maps(data, tmp_path, capsys) -> None:
     """The report's held-out numbers are the ones `usod predict` + `usod evaluate` give."""
     from usod.data.datasets import get_dataset
-    from usod.pipeline import PipelineConfig, evaluate_checkpoint, train_stage1
+    from usod.evaluation import evaluate_checkpoint
+    from usod.pipelines.a2s import PipelineConfig, train_stage1
 
     train, heldout = data
     config = PipelineConfig(
@@ -147,7 +148,7 @@ def test_a_resumed_pipeline_trains_stage_2_as_an_uninterrupted_one(data, tmp_pat
     """Each stage starts from its own seed: stopping after stage 1 and resuming gives the same stage 2."""
     import torch
 
-    from usod.pipeline import PipelineConfig, run_pipeline, train_stage2
+    from usod.pipelines.a2s import PipelineConfig, run_pipeline, train_stage2
 
     train, _ = data
     base = _small_run(train)
@@ -200,7 +201,7 @@ def test_config_errors_name_the_file(data, tmp_path, capsys) -> None:
     assert not (tmp_path / "early").exists()
 
 
-@pytest.mark.parametrize("path", sorted(Path("configs/pipeline").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(Path("configs/pipeline").glob("a2s_*.yaml")), ids=lambda p: p.name)
 def test_shipped_pipeline_configs_load(path: Path) -> None:
     from usod.commands.pipeline import load_config
 
@@ -209,18 +210,58 @@ def test_shipped_pipeline_configs_load(path: Path) -> None:
     assert config.stage1["backbone"]["weights"] == "bundled"
 
 
+def test_shipped_deepusps_config_loads_as_deepusps() -> None:
+    from usod.commands.pipeline import load_config
+    from usod.pipelines import DeepUSPSConfig
+
+    config = load_config(Path("configs/pipeline/deepusps_synth.yaml"))
+    assert isinstance(config, DeepUSPSConfig) and config.methods == ("rbd", "mc", "dsr", "mr")
+    assert config.refiner["backbone"]["weights"] == "bundled"
+
+
+def test_pipeline_settings_are_overridden_on_the_command_line_and_printed(data, tmp_path, capsys) -> None:
+    train, heldout = data
+    config = _config(tmp_path / "run.yaml", train, heldout, tmp_path / "out")
+    argv = [
+        "pipeline",
+        "--config",
+        str(config),
+        "--stage1_epochs",
+        "3",
+        "--stage2.lr",
+        "0.25",
+        "--print_config",
+    ]
+    assert main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["stage1_epochs"] == 3 and printed["stage2"]["lr"] == 0.25
+    assert printed["postprocess"]["crf"] is True  # defaults are printed too
+    assert not (tmp_path / "out").exists()  # printing runs nothing
+    for bad, problem in [
+        (["--seed", "abc"], "seed must be an integer"),
+        (["--accelerator", "tpu9"], "accelerator must be one of"),
+        (["--devices", "-3"], "devices must be a count"),
+        (["--precision", "99"], "precision must be one of"),
+        (["--stage3_epochs", "1"], "stage3_epochs"),
+    ]:
+        assert main(["pipeline", "--config", str(config), *bad]) == 2, bad
+        err = capsys.readouterr().err
+        assert problem in err and "run.yaml" in err and "Traceback" not in err, (bad, err)
+    assert not (tmp_path / "out").exists()
+
+
 def test_report_plots_leave_the_matplotlib_backend_alone(tmp_path) -> None:
     """A notebook's inline backend must survive run_pipeline's report (it used to be switched to Agg)."""
     import matplotlib
     import numpy as np
 
-    from usod.pipeline import _plot_curves
+    from usod.evaluation import plot_curves
 
     before = matplotlib.get_backend()
     matplotlib.use("svg")
     try:
         curves = {"precision": np.linspace(1, 0, 256), "recall": np.linspace(0, 1, 256), "f": np.zeros(256)}
-        _plot_curves({"a": {"curves": curves}}, tmp_path / "curves.png")
+        plot_curves({"a": {"curves": curves}}, tmp_path / "curves.png")
         assert matplotlib.get_backend() == "svg"
         assert (tmp_path / "curves.png").stat().st_size > 0
     finally:
@@ -240,18 +281,18 @@ def test_report_plots_leave_the_matplotlib_backend_alone(tmp_path) -> None:
 def test_held_out_evaluation_runs_on_the_ranks_training_device(
     monkeypatch, accelerator, devices, local_rank, expected
 ) -> None:
-    from usod.pipeline import _eval_device
+    from usod.evaluation import eval_device
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", local_rank)
-    assert _eval_device(accelerator, devices) == expected
+    assert eval_device(accelerator, devices) == expected
 
 
 def test_resume_refuses_changed_settings_and_redoes_what_a_retrained_stage_feeds(data, tmp_path) -> None:
     import shutil
 
     from usod.data.io import InvalidInputError
-    from usod.pipeline import PipelineConfig, run_pipeline
+    from usod.pipelines import PipelineConfig, run_pipeline
 
     train, heldout = data
     base = _small_run(train)
@@ -299,7 +340,7 @@ def test_resume_refuses_changed_settings_and_redoes_what_a_retrained_stage_feeds
 def test_skip_invalid_leaves_broken_eval_samples_out(tmp_path) -> None:
     import shutil
 
-    from usod.pipeline import PipelineConfig, run_pipeline
+    from usod.pipelines import PipelineConfig, run_pipeline
 
     train = write_dataset(tmp_path / "train", "rgb", 4, seed=1, size=(32, 32))
     heldout = tmp_path / "heldout"
@@ -328,8 +369,7 @@ def test_both_drivers_train_on_images_without_masks(tmp_path) -> None:
     """Unsupervised: a folder of images alone is enough (nothing is scored, nothing fails)."""
     import shutil
 
-    from usod.models.deepusps import DeepUSPSConfig, run_deepusps
-    from usod.pipeline import PipelineConfig, run_pipeline
+    from usod.pipelines import DeepUSPSConfig, PipelineConfig, run_deepusps, run_pipeline
 
     root = write_dataset(tmp_path / "data", "rgb", 4, size=(32, 32))
     shutil.rmtree(root / "masks")
