@@ -102,6 +102,7 @@ def _field_help(config_class: type) -> dict[str, str]:
                 helps[name] = text
             elif name and line.startswith(" " * 12) and not helps[name].endswith("."):
                 helps[name] += " " + line.strip()
+
     def plain(text: str) -> str:  # reST markup out: ``x`` -> x, :class:`~a.B` -> B
         text = re.sub(r":\w+:`~?(?:[\w.]+\.)?([^`]+)`", r"\1", text)
         return text.replace("``", "").split(". ")[0].rstrip(".")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from usod.data.captions import CaptionedDataset, CaptionFlip, CaptionIndex
 from usod.data.datamodules.base import SODDataModule
 from usod.data.datasets import get_dataset
 from usod.data.io import InvalidInputError
-from usod.data.transforms import DEFAULT_IMAGE_SIZE, EvalTransform, GPUAugmentation, TrainTransform
+from usod.data.transforms import EvalTransform, GPUAugmentation, TrainTransform
 
 __all__ = ["CaptionDataModule"]
 
@@ -41,61 +40,24 @@ class CaptionDataModule(SODDataModule):
             the captioner).
         supervised: Train on ground-truth masks instead of pseudo labels (see above).
 
-    The other arguments are those of :class:`~usod.data.datamodules.SODDataModule`.
+        **kwargs: The arguments of :class:`~usod.data.datamodules.SODDataModule` (``dataset``, ``root``,
+            ``image_size``, ``batch_size``, ``pseudo_dir``...).
     """
 
     def __init__(
         self,
-        dataset: str = "folder",
-        root: str | Path = "data/synth/rgb",
         captions: str | None = "captions.json",
         val_captions: str | None = None,
         require_captions: bool = True,
         supervised: bool = False,
-        split: str | None = None,
-        val_dataset: str | None = None,
-        val_root: str | Path | None = None,
-        val_split: str | None = None,
-        predict_on: str = "train",
-        pseudo_dir: str | Path | None = None,
-        image_size: int | Sequence[int] = DEFAULT_IMAGE_SIZE,
-        batch_size: int = 8,
-        num_workers: int = 2,
-        pin_memory: bool | None = None,
-        augment: bool = True,
-        crop_scale: Sequence[float] = (0.6, 1.0),
-        with_flow: bool = False,
-        skip_invalid: bool = False,
-        gpu_augment: bool = False,
-        seed: int = 0,
-        prefetch_factor: int | None = None,
-        cache_images: bool = False,
+        **kwargs: Any,
     ) -> None:
         # Plain strings: Lightning saves this frame's arguments too, and checkpoints must load with
         # weights_only=True.
-        root, val_root, pseudo_dir = (None if p is None else str(p) for p in (root, val_root, pseudo_dir))
-        super().__init__(
-            dataset=dataset,
-            root=root,
-            split=split,
-            val_dataset=val_dataset,
-            val_root=val_root,
-            val_split=val_split,
-            predict_on=predict_on,
-            pseudo_dir=pseudo_dir,
-            image_size=image_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            augment=augment,
-            crop_scale=crop_scale,
-            with_flow=with_flow,
-            skip_invalid=skip_invalid,
-            gpu_augment=gpu_augment,
-            seed=seed,
-            prefetch_factor=prefetch_factor,
-            cache_images=cache_images,
-        )
+        for key in ("root", "val_root", "pseudo_dir", "flow_cache"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = str(kwargs[key])
+        super().__init__(**kwargs)
         self.captions_file = captions
         self.val_captions_file = val_captions
         self.require_captions = require_captions
