@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 
 from usod.distributed import barrier, rank_world
-from usod.labels.store import PseudoLabelStore
+from usod.labels.store import PseudoLabelStore, check_round_settings
 from usod.labels.writer import IdSubset, PseudoLabelWriter, dataset_ids
 from usod.models.base import load_module
 from usod.ops.crf import PostProcessConfig, postprocess_files
@@ -40,6 +41,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: What a round of network maps must agree on to be resumed: the checkpoint's content and the input.
+RAW_KEYS = ("ckpt_sha256", "input")
+#: What a post-processed round must agree on: its source round and the post-processing settings.
+POST_KEYS = ("from", "postprocess")
 
 
 @dataclass
@@ -68,19 +74,15 @@ def portable_path(path: str | Path, base: Path, tag: str) -> str:
     return f"{tag}/{path.relative_to(base).as_posix()}" if base in path.parents else str(path)
 
 
-def check_same_settings(store: Any, name: str, meta: dict[str, Any], keys: tuple[str, ...]) -> None:
-    """Refuse to resume (or reuse) a round written with other settings: its labels would mix two models."""
-    entry = store.round(name)
-    if entry is None:
-        return
-    old = entry.get("meta") or {}
-    differ = [k for k in keys if k in old and old[k] != meta[k]]
-    if differ:
-        details = "; ".join(f"{k}: {old[k]!r} in the store, {meta[k]!r} now" for k in differ)
-        raise FileExistsError(
-            f"pseudo-label round {name!r} in {store.root} was written with other settings ({details}); "
-            "choose another round name or overwrite it"
-        )
+def check_same_settings(
+    store: PseudoLabelStore, name: str, meta: dict[str, Any], keys: Sequence[str]
+) -> None:
+    """Refuse to resume (or reuse) a round written with other settings: its labels would mix two models.
+
+    An early check; :meth:`PseudoLabelStore.begin_round` checks again under the manifest lock
+    (``same=keys``), which closes the race between two processes starting on one round.
+    """
+    check_round_settings(store.root, name, store.round(name), meta, keys)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -198,9 +200,9 @@ def write_label_round(
     post_meta = None if final_only else {"from": raw_round, "postprocess": postprocess.to_dict()}
     if not overwrite:
         # the checkpoint's content, not its path: a moved run folder resumes, a retrained model does not
-        check_same_settings(store, raw_round, raw_meta, ("ckpt_sha256", "input"))
+        check_same_settings(store, raw_round, raw_meta, RAW_KEYS)
         if post_meta is not None:
-            check_same_settings(store, round_name, post_meta, ("from", "postprocess"))
+            check_same_settings(store, round_name, post_meta, POST_KEYS)
 
     predicted = 0
     complete, missing = round_state(store, raw_round, ids)
@@ -208,7 +210,7 @@ def write_label_round(
     if not (restart or missing or complete):
         # Every label is on disk but the round was never marked complete (a kill between the last label
         # and the manifest update, or a lost manifest): nothing to predict, only the manifest to finish.
-        store.begin_round(raw_round, raw_meta)
+        store.begin_round(raw_round, raw_meta, same=() if overwrite else RAW_KEYS)
         store.complete_round(raw_round, ids)
     elif restart or missing or not complete:
         if complete and missing and not overwrite:
@@ -219,7 +221,14 @@ def write_label_round(
             )
         index = {sample_id: i for i, sample_id in enumerate(ids)}
         todo = dataset if restart else IdSubset(dataset, [index[i] for i in missing], ids)
-        writer = PseudoLabelWriter(store, raw_round, meta=raw_meta, overwrite=restart, expected_ids=ids)
+        writer = PseudoLabelWriter(
+            store,
+            raw_round,
+            meta=raw_meta,
+            overwrite=restart,
+            expected_ids=ids,
+            same=() if restart else RAW_KEYS,
+        )
         trainer = pl.Trainer(
             accelerator=accelerator,
             devices=devices,
@@ -241,7 +250,7 @@ def write_label_round(
     complete, missing = round_state(store, round_name, ids)
     barrier()  # every rank has read the round's state before rank 0 changes the manifest
     if overwrite or not complete:
-        store.begin_round(round_name, post_meta, overwrite=overwrite)
+        store.begin_round(round_name, post_meta, overwrite=overwrite, same=() if overwrite else POST_KEYS)
         if overwrite:
             missing = ids
     elif missing:

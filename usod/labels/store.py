@@ -26,7 +26,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,25 @@ def _remove_stale_parts(folder: Path, age_s: float = 600.0) -> None:
         with contextlib.suppress(OSError):
             if part.stat().st_mtime < cutoff:
                 part.unlink()
+
+
+def check_round_settings(
+    root: Path, name: str, entry: dict[str, Any] | None, meta: dict[str, Any], keys: Sequence[str]
+) -> None:
+    """Refuse a round whose recorded ``meta`` differs from ``meta`` in ``keys``: its labels would mix two
+    producers (e.g. two checkpoints).
+
+    Raises:
+        FileExistsError: Naming the round, the store and each differing setting.
+    """
+    old = (entry or {}).get("meta") or {}
+    differ = [k for k in keys if k in old and k in meta and old[k] != meta[k]]
+    if differ:
+        details = "; ".join(f"{k}: {old[k]!r} in the store, {meta[k]!r} now" for k in differ)
+        raise FileExistsError(
+            f"pseudo-label round {name!r} in {root} was written with other settings ({details}); choose "
+            "another round name or overwrite it"
+        )
 
 
 def _validate_round_name(name: str) -> str:
@@ -302,6 +321,7 @@ class PseudoLabelStore:
         *,
         resume: bool = True,
         overwrite: bool = False,
+        same: Sequence[str] = (),
     ) -> Path:
         """Creates (or reopens) a round and returns its directory. Idempotent for unfinished rounds.
 
@@ -311,12 +331,17 @@ class PseudoLabelStore:
             resume: When the round exists but is incomplete, keep its labels (the default) so that only
                 the missing samples need predicting. ``False`` retires the partial labels and starts empty.
             overwrite: Allow restarting a round that is already complete; its files are retired, not deleted.
+            same: Keys of ``meta`` that an existing round must have recorded with the same values (e.g. the
+                checkpoint's hash), checked and claimed under the manifest lock: of two processes writing one
+                round with different models, the second is refused instead of mixing its labels in.
+                Ignored with ``overwrite``.
 
         Returns:
             The round directory.
 
         Raises:
-            FileExistsError: The round is complete and ``overwrite`` is False.
+            FileExistsError: The round is complete and ``overwrite`` is False, or it was written with other
+                ``same`` settings.
             ManifestError: The manifest is corrupt.
         """
         _validate_round_name(name)
@@ -328,6 +353,8 @@ class PseudoLabelStore:
         with self._manifest_lock():  # one read-modify-write at a time, also across processes
             manifest = self._load_manifest()
             entry = self._entry(manifest, name)
+            if same and not overwrite:
+                check_round_settings(self.root, name, entry, meta or {}, same)
             if entry is not None and entry.get("complete") and not overwrite:
                 raise FileExistsError(
                     f"pseudo-label round {name!r} in {self.root} is already complete; pass overwrite=True to "

@@ -170,6 +170,8 @@ class PseudoLabelWriter(BasePredictionWriter):
         meta: Recorded in the manifest for this round.
         resume: Passed to :meth:`PseudoLabelStore.begin_round`.
         overwrite: Passed to :meth:`PseudoLabelStore.begin_round`.
+        same: Passed to :meth:`PseudoLabelStore.begin_round`: keys of ``meta`` an existing round must have
+            recorded with the same values (checked under the manifest lock).
         complete_on_end: Complete the round when prediction ends.
         expected_ids: Ids the finished round must contain. ``None`` takes them from the predict
             dataloader's dataset (``all_ids`` of an :class:`IdSubset` from :func:`remaining`, else
@@ -192,6 +194,7 @@ class PseudoLabelWriter(BasePredictionWriter):
         overwrite: bool = False,
         complete_on_end: bool = True,
         expected_ids: Iterable[str] | None = None,
+        same: Sequence[str] = (),
     ) -> None:
         if write_interval not in ("batch", "epoch"):
             raise ValueError(f"write_interval must be 'batch' or 'epoch', got {write_interval!r}")
@@ -202,13 +205,16 @@ class PseudoLabelWriter(BasePredictionWriter):
         self.meta = meta
         self.resume = resume
         self.overwrite = overwrite
+        self.same = tuple(same)
         self.complete_on_end = complete_on_end
         self.expected_ids = list(expected_ids) if expected_ids is not None else None
         self.num_written = 0
         self._image_files: dict[str, Path] = {}
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.store.begin_round(self.round_name, self.meta, resume=self.resume, overwrite=self.overwrite)
+        self.store.begin_round(
+            self.round_name, self.meta, resume=self.resume, overwrite=self.overwrite, same=self.same
+        )
         self.num_written = 0
         self._image_files = _dataset_images(trainer) if self.postprocess is not None else {}
 
