@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import multiprocessing
 import sys
 import warnings
@@ -64,6 +65,7 @@ __all__ = [
     "list_maps",
     "plot_curves",
     "read_prediction",
+    "written_by_usod",
     "report_unpaired",
     "score_pairs",
     "score_round",
@@ -358,9 +360,42 @@ def plot_curves(results: Sequence[MethodResult] | Mapping[str, Mapping[str, Any]
         ax.legend(loc="lower left", fontsize="small")
     fig.tight_layout()
     path = Path(path)
+    fmt = path.suffix.lower().lstrip(".") or "png"
     buffer = io.BytesIO()
-    fig.savefig(buffer, format=path.suffix.lower().lstrip(".") or "png", dpi=120)
+    fig.savefig(buffer, format=fmt, dpi=120, metadata=_plot_metadata(fmt))
     atomic_write_bytes(path, buffer.getvalue())
+
+
+#: Written into every curve plot (where the format has a metadata field), so that a rerun knows the file is
+#: its own to replace (:func:`written_by_usod`).
+PLOT_TAG = "usod evaluation"
+
+
+def _plot_metadata(fmt: str) -> dict[str, str] | None:
+    if fmt == "png":
+        return {"Software": PLOT_TAG}
+    if fmt in ("pdf", "svg", "svgz", "ps", "eps"):
+        return {"Creator": PLOT_TAG}
+    return None
+
+
+def written_by_usod(path: str | Path) -> bool:
+    """Whether ``path`` is a score file or curve plot that usod wrote (a ``{name: scores}`` JSON, or an image
+    carrying :data:`PLOT_TAG`), and so may be replaced without ``--overwrite``."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    if path.suffix.lower() == ".json":
+        try:
+            scores = json.loads(data)
+        except ValueError:
+            return False
+        return isinstance(scores, dict) and all(
+            isinstance(v, dict) and {"mae", "n"} <= set(v) for v in scores.values()
+        )
+    return PLOT_TAG.encode() in data
 
 
 #: Columns of the score tables (every score but the count).

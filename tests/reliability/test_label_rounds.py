@@ -16,9 +16,10 @@ import pytest
 import usod.labels.rounds
 from tests.helpers.models import TINY
 from usod.data.datamodules import get_datamodule
+from usod.data.io import file_sha256
 from usod.data.synth import write_dataset
 from usod.labels import PseudoLabelStore, write_label_round
-from usod.labels.rounds import RAW_KEYS, file_sha256, input_identity
+from usod.labels.rounds import RAW_KEYS, input_identity
 from usod.models.base import save_module
 from usod.models.saliency_detector import SaliencyDetector
 

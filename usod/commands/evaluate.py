@@ -20,7 +20,15 @@ from pathlib import Path
 
 from usod.commands import non_negative_int
 from usod.data.io import InvalidInputError, atomic_write_bytes
-from usod.evaluation import format_table, list_maps, plot_curves, report_unpaired, score_pairs, worker_pool
+from usod.evaluation import (
+    format_table,
+    list_maps,
+    plot_curves,
+    report_unpaired,
+    score_pairs,
+    worker_pool,
+    written_by_usod,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -56,13 +64,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--strict", action="store_true", help="fail when a ground-truth file has no prediction"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --json/--plot files that usod evaluate did not write (its own are always replaced)",
+    )
 
 
-def _check_outputs(json_path: Path | None, plot_path: Path | None) -> None:
-    """Refuse output paths that could only fail once every map is scored."""
+def _check_outputs(json_path: Path | None, plot_path: Path | None, overwrite: bool = False) -> None:
+    """Refuse output paths that could only fail once every map is scored, and files usod did not write."""
     for path in (json_path, plot_path):
         if path is not None and path.is_dir():
             raise InvalidInputError(path, "is a folder; give a file name")
+        if path is not None and path.exists() and not overwrite and not written_by_usod(path):
+            raise InvalidInputError(
+                path, "exists and was not written by usod evaluate; pass --overwrite to replace it"
+            )
     if plot_path is not None:
         from matplotlib.backend_bases import FigureCanvasBase
 
@@ -86,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        _check_outputs(args.json, args.plot)  # before the scoring, not after it
+        _check_outputs(args.json, args.plot, args.overwrite)  # before the scoring, not after it
         gt_maps = list_maps(args.gt)
         if not gt_maps:
             raise InvalidInputError(args.gt, "contains no image files")

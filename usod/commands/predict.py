@@ -20,6 +20,7 @@ mirroring the input (same relative paths and stems, any image extension).
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,16 +29,22 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from usod.commands import non_negative_int, positive_int
 from usod.data.io import (
     IMAGE_EXTENSIONS,
     InvalidInputError,
+    atomic_write_bytes,
+    claim_output_folder,
     cv2_path,
+    file_sha256,
     images_under,
     map_outputs,
+    read_depth,
     read_image,
+    read_thermal,
     write_png_atomic,
 )
 from usod.data.transforms import DEFAULT_IMAGE_SIZE, EvalTransform
@@ -78,10 +85,8 @@ class ImagePaths(Dataset):
             image = read_image(path)
             sample = {"image": image, "id": sample_id, "size": image.shape[:2]}
             if self.aux is not None:
-                from usod.data import io
-
                 key, files = self.aux
-                read = {"depth": io.read_depth, "thermal": io.read_thermal}.get(key, read_image)
+                read = {"depth": read_depth, "thermal": read_thermal}.get(key, read_image)
                 sample[key] = read(files[sample_id])
         except InvalidInputError as err:
             return {"id": sample_id, "unreadable": str(err)}
@@ -227,6 +232,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="captioning models only: also write <id>.txt and <id>_attn/<j>_<word>.png word attention maps",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an output folder that holds other files, or maps of another model or settings "
+        "(they are replaced); without it such a folder is refused, and a folder of this command's own maps "
+        "is resumed (maps already written are kept)",
+    )
 
 
 def _device(name: str) -> torch.device:
@@ -250,12 +262,30 @@ def run(args: argparse.Namespace) -> int:
     model.to(device)
     size = args.image_size or trained_image_size(args.ckpt) or DEFAULT_IMAGE_SIZE
     transform = EvalTransform(size)
+    settings = {
+        "ckpt_sha256": file_sha256(args.ckpt),
+        "input": str(args.input.resolve()),
+        "image_size": size,
+        "crf": args.crf,
+        "overlay": args.overlay,
+        "captions": args.captions,
+        "aux_dir": None if args.aux_dir is None else str(args.aux_dir.resolve()),
+    }
+    kept = 0
     if args.input.is_dir():
         paths = images_under(args.input)
-        map_outputs(paths, args.input, args.output)  # never over the inputs
+        outputs = map_outputs(paths, args.input, args.output)  # never over the inputs
+        resume = claim_output_folder(args.output, "predict", settings, overwrite=args.overwrite)
         flow_cache = args.flow_cache or args.output / ".usod_flow"
         aux = aux_inputs(model, args.input, args.aux_dir, flow_cache)
-        dataset: Dataset = ImagePaths(args.input, transform, aux, paths)
+        if resume:  # maps are written atomically and last: one that exists is complete
+            todo = [p for p, out in zip(paths, outputs, strict=True) if not out.is_file()]
+            kept, paths = len(paths) - len(todo), todo
+        if paths or not kept:
+            dataset: Dataset = ImagePaths(args.input, transform, aux, paths)
+        else:
+            print(f"wrote 0 saliency maps to {args.output} ({kept} already there)")
+            return 0
         image_path = {p.relative_to(args.input).with_suffix("").as_posix(): p for p in dataset.paths}
         loader = DataLoader(
             dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_readable
@@ -266,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
                 args.input, "multimodal checkpoints need a folder of frames (video files are RGB only)"
             )
         dataset = VideoFrames(args.input, transform)
+        resume = claim_output_folder(args.output, "predict", settings, overwrite=args.overwrite)
         image_path = {}
         loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=0)
     else:
@@ -281,6 +312,10 @@ def run(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         for batch in progress_bar(loader, desc="predict", unit="batch", total=len(loader)):
             unreadable += batch.pop("unreadable", [])
+            if resume and isinstance(dataset, VideoFrames):  # frames whose map exists are done
+                keep = [i for i, s in enumerate(batch["id"]) if not (args.output / f"{s}.png").is_file()]
+                kept += len(batch["id"]) - len(keep)
+                batch = _select(batch, keep)
             if not batch["id"]:
                 continue
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -302,18 +337,17 @@ def run(args: argparse.Namespace) -> int:
                     if post is not None
                     else np.rint(prob_np * 255).astype(np.uint8)
                 )
-                write_png_atomic(args.output / f"{sample_id}.png", label)
                 if args.overlay:
-                    from PIL import Image
-
-                    out = args.output / "overlay" / f"{sample_id}.jpg"
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(overlay(image, label)).save(out, quality=90)
+                    buffer = io.BytesIO()
+                    Image.fromarray(overlay(image, label)).save(buffer, format="JPEG", quality=90)
+                    atomic_write_bytes(args.output / "overlay" / f"{sample_id}.jpg", buffer.getvalue())
                 if described is not None:
                     _write_caption(args.output, sample_id, described[i], (h, w))
+                # the map last: an interrupted run resumes at the first sample without one
+                write_png_atomic(args.output / f"{sample_id}.png", label)
                 written += 1
-    print(f"wrote {written} saliency maps to {args.output}")
-    if isinstance(dataset, VideoFrames) and written < len(dataset):
+    print(f"wrote {written} saliency maps to {args.output}" + (f" ({kept} already there)" if kept else ""))
+    if isinstance(dataset, VideoFrames) and written + kept < len(dataset):
         unreadable.append(
             f"{args.input}: {written} of its {len(dataset)} frames decoded (a truncated or damaged video)"
         )
@@ -326,13 +360,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _select(batch: dict[str, Any], keep: list[int]) -> dict[str, Any]:
+    """The samples ``keep`` of a collated batch (tensors and lists indexed alike)."""
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value[keep]
+        elif isinstance(value, (list, tuple)) and len(value) == len(batch["id"]):
+            out[key] = [value[i] for i in keep]
+        else:
+            out[key] = value
+    return out
+
+
 def _write_caption(output: Path, sample_id: str, described: dict[str, Any], size: tuple[int, int]) -> None:
     """``<id>.txt`` with the caption and ``<id>_attn/<j>_<word>.png`` per generated word."""
     import re
 
-    text = output / f"{sample_id}.txt"
-    text.parent.mkdir(parents=True, exist_ok=True)
-    text.write_text(described["caption"] + "\n", encoding="utf-8")
+    atomic_write_bytes(output / f"{sample_id}.txt", (described["caption"] + "\n").encode("utf-8"))
     folder = output / f"{sample_id}_attn"
     for j, (word, attention) in enumerate(zip(described["words"], described["maps"], strict=True), start=1):
         name = re.sub(r"[^A-Za-z0-9]+", "_", word).strip("_") or "token"

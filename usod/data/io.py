@@ -10,21 +10,27 @@ its log output silenced.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import os
 import re
 import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "OUTPUT_RECORD",
     "InvalidInputError",
     "LayoutError",
+    "claim_output_folder",
+    "file_sha256",
     "read_depth",
     "read_image",
     "read_mask",
@@ -467,3 +473,72 @@ def map_outputs(images: list[Path], input_dir: str | Path, output_dir: str | Pat
             )
         seen[out] = image
     return outputs
+
+
+#: The record a command leaves in an output folder it writes per-image maps into (``usod predict``,
+#: ``usod handcrafted``): which command, with which settings. Its presence is what lets a rerun resume or
+#: replace those maps; a folder of files without it is never written over unless ``overwrite``.
+OUTPUT_RECORD = ".usod-output.json"
+
+
+def claim_output_folder(
+    folder: str | Path, command: str, settings: dict[str, Any], *, overwrite: bool = False
+) -> bool:
+    """Claim ``folder`` for a command's maps; returns whether maps already there may be kept (resume).
+
+    * A missing or empty folder (hidden files aside) is created and claimed.
+    * A folder this command claimed with the same ``settings`` is resumed: ``True``.
+    * Otherwise (files that no usod command wrote, e.g. a dataset's ground truth, or maps made by another
+      command or with other settings) it is refused, unless ``overwrite``: then it is claimed anew and every
+      map is written again (``False``).
+
+    Raises:
+        InvalidInputError: The folder is refused (the message says why and names ``--overwrite``), or is a
+            file.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InvalidInputError(folder, "is a file, not a folder")
+    record_path = folder / OUTPUT_RECORD
+    wanted = {"command": command, "settings": settings}
+    resume = False
+    if record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = None
+        if record == json.loads(json.dumps(wanted)):
+            resume = True
+        elif not overwrite:
+            made = record.get("command") if isinstance(record, dict) else None
+            why = (
+                f"holds maps of `usod {made}` made with other settings"
+                if made == command
+                else f"holds the output of `usod {made}`"
+                if made
+                else f"has an unreadable {OUTPUT_RECORD}"
+            )
+            raise InvalidInputError(
+                folder, f"{why}; pass --overwrite to replace them, or choose another folder"
+            )
+    elif folder.is_dir() and not overwrite:
+        entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+        if entries:
+            raise InvalidInputError(
+                folder,
+                f"holds {len(entries)} file(s) that no usod command wrote (e.g. {entries[0].name}); refusing "
+                "to write over them: pass --overwrite, or choose an empty or new folder",
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_bytes(record_path, (json.dumps(wanted, indent=2) + "\n").encode())
+    return resume
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's content (a checkpoint's identity, whatever its path or time stamps)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 
+from usod.data.io import file_sha256
 from usod.distributed import barrier, rank_world
 from usod.labels.store import PseudoLabelStore, check_round_settings
 from usod.labels.writer import IdSubset, PseudoLabelWriter, dataset_ids
@@ -33,7 +33,6 @@ __all__ = [
     "LabelRoundResult",
     "LabelRoundWriter",
     "check_same_settings",
-    "file_sha256",
     "input_identity",
     "portable_path",
     "round_state",
@@ -83,15 +82,6 @@ def check_same_settings(
     (``same=keys``), which closes the race between two processes starting on one round.
     """
     check_round_settings(store.root, name, store.round(name), meta, keys)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file's content (a checkpoint's identity, whatever its path or time stamps)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def input_identity(dataset: Any, base: Path) -> dict[str, Any]:
