@@ -86,7 +86,8 @@ class InspectReport:
 
 def _open(cls: type[SODDataset], root: Path, split: str | None, notes: list[str]) -> SODDataset:
     """Open with every optional modality that is present, falling back when masks or flow are absent."""
-    kwargs: dict[str, Any] = {"root": root, "split": split, "skip_invalid": True}
+    # validate=False: the files are decoded below, with a report of every problem
+    kwargs: dict[str, Any] = {"root": root, "split": split, "skip_invalid": True, "validate": False}
     flows = [True, False] if issubclass(cls, VideoDataset) else [None]
     last: LayoutError | None = None
     for with_masks in (True, False):

@@ -36,6 +36,7 @@ __all__ = [
     "read_mask",
     "read_mask_checked",
     "read_thermal",
+    "sample_id_problem",
     "write_png_atomic",
 ]
 
@@ -129,6 +130,10 @@ def _read_with_cv2(path: Path) -> np.ndarray | None:
     return arr
 
 
+#: The fewest pixels an image usod reads may have: the SOD metrics are undefined below 2 pixels.
+MIN_IMAGE_PIXELS = 2
+
+
 def _read_raw(path: str | Path) -> tuple[np.ndarray, str]:
     """Decode a file into a numpy array close to what it stores.
 
@@ -136,8 +141,22 @@ def _read_raw(path: str | Path) -> tuple[np.ndarray, str]:
         ``(array, mode)``: array is HxW or HxWxC (C in 3, 4) of dtype bool, uint8, uint16, int32 or float32;
         mode is the PIL mode (or ``"cv2"`` when decoded by OpenCV). Palette images come back as their index
         array with mode ``"P"``; use :func:`_palette` to map them.
+
+    Raises:
+        InvalidInputError: The file is missing, unreadable (permissions), not an image, truncated, corrupt,
+            larger than PIL's decompression-bomb limit, or smaller than :data:`MIN_IMAGE_PIXELS`.
     """
     path = Path(path)
+    arr, mode = _decode(path)
+    if arr.ndim >= 2 and arr.shape[0] * arr.shape[1] < MIN_IMAGE_PIXELS:
+        raise InvalidInputError(
+            path, f"is {arr.shape[0]}x{arr.shape[1]} pixels; images need at least {MIN_IMAGE_PIXELS} pixels "
+            "(the SOD metrics are undefined below)"
+        )  # fmt: skip
+    return arr, mode
+
+
+def _decode(path: Path) -> tuple[np.ndarray, str]:
     _check_file(path)
     try:
         with warnings.catch_warnings():
@@ -165,6 +184,8 @@ def _read_raw(path: str | Path) -> tuple[np.ndarray, str]:
         return arr, "cv2"
     except Image.DecompressionBombError as exc:
         raise InvalidInputError(path, f"image too large to decode safely ({exc})") from None
+    except PermissionError:
+        raise InvalidInputError(path, "cannot be read: permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         msg = str(exc)
         problem = "truncated image file" if "truncated" in msg.lower() else f"corrupt image file ({msg})"
@@ -447,6 +468,23 @@ def images_under(root: str | Path) -> list[Path]:
         and p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
+
+
+def sample_id_problem(sample_id: object) -> str | None:
+    """Why ``sample_id`` cannot name a sample's files (a label ``<id>.png``, a map), or ``None`` when it can.
+
+    Ids are relative paths with ``/`` between folders: no absolute path, no ``.`` or ``..`` component, no
+    backslash (a separator on Windows, so ``a\\b`` would name another file there), no component starting
+    with :data:`TMP_PREFIX` (the writers' temporary files).
+    """
+    if not isinstance(sample_id, str) or not sample_id:
+        return f"sample id must be a non-empty string, got {sample_id!r}"
+    parts = sample_id.split("/")
+    if "\\" in sample_id or sample_id.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        return f"invalid sample id {sample_id!r}: must be a relative path without '.', '..' or '\\'"
+    if any(p.startswith(TMP_PREFIX) for p in parts):
+        return f"invalid sample id {sample_id!r}: components may not start with {TMP_PREFIX!r}"
+    return None
 
 
 def map_outputs(images: list[Path], input_dir: str | Path, output_dir: str | Path) -> list[Path]:

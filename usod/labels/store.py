@@ -34,7 +34,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from usod.data.io import TMP_PREFIX, InvalidInputError, atomic_write_bytes, imread_cv2, write_png_atomic
+from usod.data.io import (
+    TMP_PREFIX,
+    InvalidInputError,
+    atomic_write_bytes,
+    imread_cv2,
+    sample_id_problem,
+    write_png_atomic,
+)
 from usod.distributed import barrier, is_rank_zero, rank_world
 
 _RANK_VARS = ("RANK", "SLURM_PROCID", "LOCAL_RANK")
@@ -110,16 +117,10 @@ def read_png_gray(path: str | Path) -> np.ndarray:
 
 
 def validate_sample_id(sample_id: str) -> str:
-    """Checks that a sample id is a safe relative path (``/`` allowed, no ``..``, no absolute paths)."""
-    if not isinstance(sample_id, str) or not sample_id:
-        raise ValueError(f"sample id must be a non-empty string, got {sample_id!r}")
-    parts = sample_id.split("/")
-    if "\\" in sample_id or sample_id.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(
-            f"invalid sample id {sample_id!r}: must be a relative path without '.', '..' or '\\'"
-        )
-    if any(p.startswith(TMP_PREFIX) for p in parts):
-        raise ValueError(f"invalid sample id {sample_id!r}: components may not start with {TMP_PREFIX!r}")
+    """Checks that a sample id is a safe relative path (see :func:`usod.data.io.sample_id_problem`)."""
+    problem = sample_id_problem(sample_id)
+    if problem is not None:
+        raise ValueError(problem)
     return sample_id
 
 

@@ -113,7 +113,8 @@ class SODDataModule(pl.LightningDataModule):
         flow_cache: cache folder of computed flow (default ``<root>/.usod_flow``, or a user cache folder when
             the root is read-only).
         flow_method: ``"dis"`` or ``"farneback"`` for computed flow.
-        skip_invalid: skip samples with missing counterpart files instead of raising.
+        skip_invalid: leave out samples with a missing or undecodable file instead of raising (every file is
+            decoded once at setup to find them).
         gpu_augment: augment training batches with kornia on the device (after transfer) instead of with
             albumentations in the workers; the workers then only resize.
         seed: seed of the training shuffle.

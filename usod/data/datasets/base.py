@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -15,6 +16,13 @@ from torch.utils.data import Dataset
 
 from usod.data import io
 from usod.data.io import IMAGE_EXTENSIONS, InvalidInputError, LayoutError, NoMasksError
+from usod.distributed import is_rank_zero
+
+log = logging.getLogger(__name__)
+
+#: ``(path, mtime_ns, size) -> problem or None`` of files decoded by :meth:`SODDataset._validate`: a pipeline
+#: opens its training set several times, and each file is decoded once per process.
+_DECODED: dict[tuple[str, int, int], tuple[Path, str] | None] = {}
 
 __all__ = [
     "FolderLayout",
@@ -105,7 +113,7 @@ def index_folder(
     """Map file stem -> path for the image files directly inside ``folder``.
 
     Hidden files are ignored. When two files share a stem, the extension earlier in ``exts`` wins and the
-    other is reported as a duplicate; a symbolic link to nothing is reported too.
+    other is reported as a duplicate; a symbolic link to nothing (or to itself, a loop) is reported too.
 
     Returns:
         ``(index, problems)`` where problems are ``(path, problem)`` pairs.
@@ -115,11 +123,19 @@ def index_folder(
     duplicates: list[tuple[Path, str]] = []
     with os.scandir(folder) as it:
         visible = [e for e in it if not e.name.startswith(".")]
+    files = []
     for entry in visible:
-        broken = entry.is_symlink() and not entry.is_file() and not entry.is_dir()
+        try:
+            is_file = entry.is_file()
+            broken = entry.is_symlink() and not is_file and not entry.is_dir()
+        except OSError as exc:  # e.g. ELOOP: a symbolic link that points at itself
+            is_file, broken = False, False
+            duplicates.append((Path(entry.path), f"cannot be followed ({exc.strerror or exc}), left out"))
         if broken and Path(entry.name).suffix.lower() in rank:
             duplicates.append((Path(entry.path), "broken symbolic link (no such target), left out"))
-    entries = sorted((e for e in visible if e.is_file()), key=lambda e: e.name)
+        if is_file:
+            files.append(entry)
+    entries = sorted(files, key=lambda e: e.name)
     for entry in entries:
         path = Path(entry.path)
         ext = path.suffix.lower()
@@ -140,7 +156,7 @@ def list_entries(root: Path, limit: int = 20) -> str:
     """Comma-separated top-level entries of ``root`` (folders marked with a slash) for error messages."""
     if not root.is_dir():
         return "(root does not exist)" if not root.exists() else "(root is a file)"
-    names = sorted((e.name + ("/" if e.is_dir() else "")) for e in os.scandir(root))
+    names = sorted((e.name + ("/" if Path(e.path).is_dir() else "")) for e in os.scandir(root))
     if not names:
         return "(empty folder)"
     more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
@@ -163,9 +179,11 @@ class SODDataset(Dataset):
         with_masks: Pair and load ground-truth masks (``mask`` key). Leave False for training.
         pseudo_dir: Folder of pseudo labels ``<pseudo_dir>/<id>.png``; adds a lazily read ``pseudo`` key.
         transform: Callable applied to each sample dict.
-        skip_invalid: Skip samples with missing counterpart files (recorded in :attr:`skipped`) instead of
-            raising; with ``validate=True`` also skip samples whose files cannot be decoded.
-        validate: Decode every file once up front (slow; ``usod data inspect`` does this with full reporting).
+        skip_invalid: Leave out samples with a missing counterpart file or a file that cannot be decoded
+            (recorded in :attr:`skipped`) instead of raising. Finding the undecodable ones means decoding
+            every file once up front (``validate``), in 8 threads.
+        validate: Decode every file once up front; ``None`` (default): when ``skip_invalid`` is set. ``usod
+            data inspect`` opens datasets with ``validate=False`` and decodes them itself, reporting more.
 
     Attributes:
         files: One :class:`SampleFiles` per sample, in order.
@@ -194,7 +212,7 @@ class SODDataset(Dataset):
         pseudo_dir: str | Path | None = None,
         transform: Callable[[dict], dict] | None = None,
         skip_invalid: bool = False,
-        validate: bool = False,
+        validate: bool | None = None,
     ) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
@@ -209,13 +227,28 @@ class SODDataset(Dataset):
         self.skip_invalid = skip_invalid
         self.skipped: list[tuple[Path, str]] = []
         self.warnings: list[tuple[Path, str]] = []
-        self.files: list[SampleFiles] = self._discover()
+        self.files: list[SampleFiles] = self._usable_ids(self._discover())
         if not self.files:
             raise LayoutError(
                 self.root, f"{self.name}: no usable samples found (found: {list_entries(self.root)})"
             )
-        if validate:
+        if validate or (validate is None and skip_invalid):
             self._validate()
+        if self.skipped and is_rank_zero():
+            shown = "; ".join(f"{path}: {problem}" for path, problem in self.skipped[:3])
+            more = f" (and {len(self.skipped) - 3} more)" if len(self.skipped) > 3 else ""
+            log.warning("%s: left out %d sample(s): %s%s", self.root, len(self.skipped), shown, more)
+
+    def _usable_ids(self, files: list[SampleFiles]) -> list[SampleFiles]:
+        """The samples whose id can name their label and map files (a backslash in a file name cannot)."""
+        kept = []
+        for sample in files:
+            problem = io.sample_id_problem(sample.id)
+            if problem is None:
+                kept.append(sample)
+            else:
+                self._missing(sample.image, f"{problem}; rename the file")
+        return kept
 
     # -- subclass API --
     def _discover(self) -> list[SampleFiles]:
@@ -290,14 +323,27 @@ class SODDataset(Dataset):
         return self.transform(sample) if self.transform is not None else sample
 
     def _validate(self, workers: int = 8) -> None:
+        def decode(role: str, path: Path) -> tuple[Path, str] | None:
+            try:
+                stat = path.stat()
+                key = (str(path), stat.st_mtime_ns, stat.st_size)
+            except OSError as exc:
+                return path, f"cannot be read ({exc.strerror or exc})"
+            if key not in _DECODED:
+                try:
+                    (io.read_mask if role == "mask" else io.read_image)(path)
+                    _DECODED[key] = None
+                except InvalidInputError as exc:
+                    _DECODED[key] = (exc.path, exc.problem)
+            return _DECODED[key]
+
         def check(files: SampleFiles) -> tuple[Path, str] | None:
             for role, path in files.paths().items():
                 if role == "mask" and not self.with_masks:
                     continue
-                try:
-                    (io.read_mask if role == "mask" else io.read_image)(path)
-                except InvalidInputError as exc:
-                    return exc.path, exc.problem
+                bad = decode(role, path)
+                if bad is not None:
+                    return bad
             return None
 
         with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -36,8 +36,9 @@ class VideoDataset(SODDataset):
         with_masks: Pair and load ground-truth masks. Leave False for training.
         pseudo_dir: Folder of pseudo labels ``<pseudo_dir>/<sequence>/<frame>.png``.
         transform: Callable applied to each sample dict.
-        skip_invalid: Skip samples with missing counterpart files instead of raising.
-        validate: Decode every file once up front.
+        skip_invalid: Leave out samples with a missing or undecodable file instead of raising (see
+            :class:`~usod.data.datasets.SODDataset`).
+        validate: Decode every file once up front (``None``: when ``skip_invalid`` is set).
         with_flow: Add the ``flow`` key.
         flow_source: ``"files"`` (default): the dataset's flow images, whose folder must exist;
             ``"auto"``: those files where a sequence has one for every frame, flow computed once and cached
@@ -63,7 +64,7 @@ class VideoDataset(SODDataset):
         pseudo_dir: str | Path | None = None,
         transform: Callable[[dict], dict] | None = None,
         skip_invalid: bool = False,
-        validate: bool = False,
+        validate: bool | None = None,
         with_flow: bool = False,
         flow_source: Literal["files", "auto", "compute"] = "files",
         flow_cache: str | Path | None = None,

@@ -1,0 +1,118 @@
+"""Bad files inside datasets and bad settings: a one-line error naming the file, or the documented skip.
+
+Each case generates its bad input, runs the affected command, and checks the exit status, that the error
+names the file and the problem without a traceback, and that the inputs are unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers.models import TINY
+from usod.cli import main
+from usod.data.synth import write_dataset
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def _pipeline_config(path: Path, root: Path, out: Path, **extra) -> Path:
+    settings = {
+        "out": str(out), "root": str(root), "image_size": 64, "batch_size": 2, "num_workers": 0,
+        "postprocess_workers": 0, "stage1_epochs": 1, "stage1": {"backbone": TINY}, "stage2_epochs": 1,
+        "stage2": {"backbone": TINY}, "accelerator": "cpu", **extra,
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+@pytest.fixture
+def truncated(tmp_path: Path) -> tuple[Path, Path]:
+    root = write_dataset(tmp_path / "data", "rgb", 5, size=(40, 40))
+    bad = sorted((root / "images").iterdir())[1]
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 3])  # a header that parses, pixels that do not
+    return root, bad
+
+
+def test_skip_invalid_leaves_out_an_undecodable_image(truncated, tmp_path, capsys, caplog) -> None:
+    root, bad = truncated
+    before = _hashes(root)
+    strict = _pipeline_config(tmp_path / "strict.yaml", root, tmp_path / "strict")
+    assert main(["pipeline", "--config", str(strict)]) == 2
+    err = capsys.readouterr().err
+    assert bad.name in err and "Traceback" not in err
+
+    lenient = _pipeline_config(tmp_path / "skip.yaml", root, tmp_path / "skip", skip_invalid=True)
+    with caplog.at_level(logging.WARNING, logger="usod.data.datasets.base"):
+        assert main(["pipeline", "--config", str(lenient)]) == 0
+    assert any(bad.name in r.getMessage() and "left out 1 sample" in r.getMessage() for r in caplog.records)
+    labels = tmp_path / "skip" / "labels" / "rounds" / "stage1"
+    assert sorted(p.stem for p in labels.glob("*.png")) == sorted(
+        p.stem for p in (root / "images").iterdir() if p != bad
+    )
+    assert _hashes(root) == before
+
+
+@pytest.fixture(scope="module")
+def stage1_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from usod.models.base import save_module
+    from usod.models.cue_extractor import CueExtractor
+
+    return save_module(CueExtractor(backbone=TINY), tmp_path_factory.mktemp("ckpt") / "stage1.ckpt")
+
+
+def _label(ckpt: Path, root: Path, out: Path) -> int:
+    argv = ["label", "--ckpt", str(ckpt), "--dataset", "folder", "--root", str(root), "--out", str(out)]
+    return main([*argv, "--image-size", "32", "--workers", "0", "--accelerator", "cpu"])
+
+
+def test_a_symbolic_link_loop_is_reported_and_left_out(stage1_ckpt, tmp_path, capsys) -> None:
+    root = write_dataset(tmp_path / "data", "rgb", 3, size=(32, 32))
+    loop = root / "images" / "loop.jpg"
+    loop.symlink_to(loop)  # points at itself: ELOOP on every stat
+    assert main(["data", "inspect", "--name", "folder", "--root", str(root)]) == 1  # problems found
+    out = capsys.readouterr().out
+    assert "loop.jpg" in out and "cannot be followed" in out
+    assert _label(stage1_ckpt, root, tmp_path / "labels") == 0
+    assert len(list((tmp_path / "labels" / "rounds" / "stage1").glob("*.png"))) == 3
+
+
+def test_a_backslash_in_a_file_name_is_refused_before_any_label(stage1_ckpt, tmp_path, capsys) -> None:
+    root = write_dataset(tmp_path / "data", "rgb", 3, size=(32, 32))
+    for folder, ext in (("images", ".jpg"), ("masks", ".png")):
+        first = sorted((root / folder).iterdir())[0]
+        first.rename(first.with_name("a\\b" + ext))
+    assert main(["data", "inspect", "--name", "folder", "--root", str(root)]) == 1  # problems found
+    assert "a\\b.jpg" in capsys.readouterr().out  # a problem inspect reports
+    assert _label(stage1_ckpt, root, tmp_path / "labels") == 2
+    err = capsys.readouterr().err
+    assert "a\\b.jpg" in err and "rename" in err and "Traceback" not in err
+    assert not (tmp_path / "labels" / "rounds").exists()  # refused before the round started
+
+
+def test_a_one_pixel_image_stops_the_pipeline_before_training(tmp_path, capsys) -> None:
+    import cv2
+    import numpy as np
+
+    root = write_dataset(tmp_path / "data", "rgb", 4, size=(40, 40))
+    cv2.imwrite(str(root / "images" / "synth_00000.jpg"), np.zeros((1, 1, 3), np.uint8))
+    cv2.imwrite(str(root / "masks" / "synth_00000.png"), np.zeros((1, 1), np.uint8))
+    assert main(["data", "inspect", "--name", "folder", "--root", str(root)]) == 1  # problems found
+    assert "is 1x1 pixels" in capsys.readouterr().out
+    config = _pipeline_config(tmp_path / "p.yaml", root, tmp_path / "out")
+    assert main(["pipeline", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "synth_00000.jpg" in err and "1x1" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "stage1.ckpt").exists()
+    skip = _pipeline_config(tmp_path / "s.yaml", root, tmp_path / "skip", skip_invalid=True)
+    assert main(["pipeline", "--config", str(skip)]) == 0  # left out, and the report is written
+    assert (tmp_path / "skip" / "report" / "metrics.json").is_file()
