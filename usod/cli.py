@@ -9,6 +9,7 @@ it parses its own options, ``parse_args(prog, argv)`` and ``run``).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -171,10 +172,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input: printed as one line, not as a stack trace."""
     errors: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError, FileExistsError]
     try:
-        from usod.data.io import InvalidInputError
+        from usod.data.io import InvalidInputError, SettingsError
         from usod.labels.store import ManifestError
 
-        errors += [InvalidInputError, ManifestError]
+        errors += [InvalidInputError, SettingsError, ManifestError]
     except ImportError:  # pragma: no cover - io is part of the package
         pass
     return tuple(errors)
@@ -210,12 +211,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run_reporting_user_errors(lambda: module.run(args))
 
 
+#: File-system errors that are the machine's state, not a bug: reported in one line (exit status 2).
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
+
+
+def _disk_error(err: BaseException) -> str | None:
+    """One line for a full, read-only or forbidden output location, else ``None``."""
+    if not isinstance(err, OSError) or err.errno not in _DISK_ERRNOS:
+        return None
+    where = err.filename or ""
+    advice = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "choose a writable folder"
+    return (
+        f"{where}{': ' if where else ''}{err.strerror or err}. Finished outputs are kept: {advice} and run "
+        "the same command again to resume"
+    )
+
+
+def _user_error_inside(err: BaseException) -> BaseException | None:
+    """The first user error (or disk error) in ``err``'s chain of causes (``None`` when there is none)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _user_errors()) or _disk_error(current) is not None:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _run_reporting_user_errors(command: Callable[[], int | None]) -> int:
     """Run a command; errors in the user's input become one line on stderr and exit status 2."""
     try:
         return int(command() or 0)
     except _user_errors() as err:
         print(f"usod: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        # jsonargparse and Lightning wrap what a class raised while being built (a bad weights file named
+        # in a config): report the user's error inside, in one line, instead of the wrapper's traceback
+        cause = _user_error_inside(err)
+        if cause is None:
+            raise
+        print(f"usod: error: {_disk_error(cause) or cause}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -158,7 +158,7 @@ def test_bad_paths_and_names(tmp_path):
         Encoder("resnet18", weights=str(tmp_path / "nope.pth"))
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="garbage.pth.*cannot read"):
+    with pytest.raises(ValueError, match="garbage.pth.*not a readable weights file"):
         Encoder("resnet18", weights=str(garbage))
     with pytest.raises(ValueError, match="only available for 'tf_efficientnet_lite0'"):
         Encoder("resnet18", weights="bundled")

@@ -116,3 +116,104 @@ def test_a_one_pixel_image_stops_the_pipeline_before_training(tmp_path, capsys) 
     skip = _pipeline_config(tmp_path / "s.yaml", root, tmp_path / "skip", skip_invalid=True)
     assert main(["pipeline", "--config", str(skip)]) == 0  # left out, and the report is written
     assert (tmp_path / "skip" / "report" / "metrics.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------ the Lightning CLI
+STAGE1 = "configs/experiment/a2s_stage1_synth.yaml"
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    import pickle
+
+    import torch
+
+    from usod.models.base import save_module
+    from usod.models.saliency_detector import SaliencyDetector
+
+    folder = tmp_path_factory.mktemp("bad")
+    good = save_module(SaliencyDetector(backbone=TINY, channels=8), folder / "good.ckpt")
+    files = {"good": good, "text": folder / "text.ckpt", "truncated": folder / "truncated.ckpt"}
+    files["text"].write_text("these are not weights\n")
+    files["truncated"].write_bytes(good.read_bytes()[:4000])
+    files["pickled"] = folder / "pickled.ckpt"
+    files["pickled"].write_bytes(pickle.dumps({"state_dict": {}, "x": slice(1, 2)}))
+    files["object"] = folder / "object.ckpt"
+    torch.save({"state_dict": {}, "when": __import__("datetime").date(2020, 1, 1)}, files["object"])
+    return files
+
+
+def _fit(root: Path, *extra: str) -> list[str]:
+    return ["fit", "--config", STAGE1, "--data.init_args.root", str(root), "--trainer.max_epochs", "1",
+            "--model.init_args.backbone", "{name: test_resnet, weights: none}", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["text", "truncated", "pickled", "object"])
+def test_fit_refuses_a_bad_checkpoint_in_one_line(case, bad_files, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    root = write_dataset(tmp_path / "data", "rgb", 2, size=(32, 32))
+    assert main(_fit(root, "--ckpt_path", str(bad_files[case]))) == 2
+    err = capsys.readouterr().err.strip()
+    assert bad_files[case].name in err and "Traceback" not in err, err
+    assert "weights_only=False" not in err and "weights_only` set to `False" not in err  # never that advice
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        (["--data.init_args.image_size", "-4"], "image_size must be a positive integer"),
+        (["--data.init_args.batch_size", "-2"], "batch_size must be an integer >= 1"),
+        (["--model.init_args.backbone", "{name: resnet18, weights: WEIGHTS}"], "not a readable weights file"),
+    ],
+)
+def test_fit_refuses_bad_settings_in_one_line(
+    extra, problem, bad_files, tmp_path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    root = write_dataset(tmp_path / "data", "rgb", 2, size=(32, 32))
+    extra = [e.replace("WEIGHTS", str(bad_files["text"])) for e in extra]
+    assert main(_fit(root, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert problem in err and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_a_truncated_adapter_base_is_refused_in_one_line(bad_files, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    root = write_dataset(tmp_path / "video", "video", 2, size=(32, 32), frames=3)
+    config = "configs/experiment/adapter_video_synth.yaml"
+    argv = ["fit", "--config", config, "--data.init_args.root", str(root), "--model.init_args.base",
+            str(bad_files["truncated"]), "--trainer.max_epochs", "1"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "truncated.ckpt" in err and "Traceback" not in err, err
+
+
+# ---------------------------------------------------------------------------------------- the machine's state
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS"])
+def test_a_full_or_read_only_disk_stops_labelling_in_one_line_and_resumes(
+    code, stage1_ckpt, tmp_path, capsys, monkeypatch
+) -> None:
+    import errno
+    import os
+
+    import usod.data.io
+
+    root = write_dataset(tmp_path / "data", "rgb", 4, size=(32, 32))
+    real_replace, calls = os.replace, []
+
+    def fail_after_two(src, dst, *args, **kwargs):
+        calls.append(dst)
+        if len(calls) > 2:
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(usod.data.io.os, "replace", fail_after_two)
+    out = tmp_path / "labels"
+    assert _label(stage1_ckpt, root, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert os.strerror(getattr(errno, code)) in err and "run the same command again" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    monkeypatch.setattr(usod.data.io.os, "replace", real_replace)
+    assert _label(stage1_ckpt, root, out) == 0  # resumes; what was written is kept
+    assert len(list((out / "rounds" / "stage1").glob("*.png"))) == 4

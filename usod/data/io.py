@@ -28,6 +28,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "OUTPUT_RECORD",
     "InvalidInputError",
+    "SettingsError",
     "LayoutError",
     "claim_output_folder",
     "file_sha256",
@@ -42,6 +43,14 @@ __all__ = [
 
 #: File extensions (lower case) recognised as images, in order of preference when two files share a stem.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+class SettingsError(ValueError):
+    """A setting out of its range (``batch_size: -2``); the message names the setting and what it takes.
+
+    The command line reports it in one line (exit status 2), also when a class raised it while jsonargparse
+    or Lightning built it from a config.
+    """
 
 
 class InvalidInputError(ValueError):

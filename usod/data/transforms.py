@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 import torch
 
+from usod.data.io import SettingsError
+
 IMAGE_KEYS = ("image", "depth", "thermal", "flow")
 LABEL_KEYS = ("mask", "pseudo")
 PASSTHROUGH_KEYS = ("id", "sequence", "frame", "caption")
@@ -34,6 +36,19 @@ PASSTHROUGH_KEYS = ("id", "sequence", "frame", "caption")
 #: The network input size wherever none is given: A2S's 320 x 320 (datamodules, pipelines, and the commands
 #: that predict with a checkpoint that does not record its training size).
 DEFAULT_IMAGE_SIZE = 320
+
+
+def check_image_size(name: str, value: Any) -> None:
+    """A network input size: a positive integer or ``[height, width]``.
+
+    Raises:
+        SettingsError: Naming ``name``.
+    """
+    sizes = value if isinstance(value, (list, tuple)) else [value]
+    ok = bool(sizes) and len(sizes) <= 2
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes)
+    if not ok:
+        raise SettingsError(f"{name} must be a positive integer (or [height, width]), got {value!r}")
 
 
 def _size_tuple(size: int | Sequence[int]) -> tuple[int, int]:

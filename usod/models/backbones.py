@@ -60,6 +60,9 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from usod.data.io import InvalidInputError, SettingsError
+from usod.models.files import load_torch_file
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -256,6 +259,33 @@ def build_encoder(config: BackboneConfig | Mapping[str, Any] | None = None, **ov
     return Encoder(**values)
 
 
+def check_backbone(config: Mapping[str, Any] | None, where: str = "backbone") -> None:
+    """Check a backbone config without building it: its keys, the timm model name and the weights.
+
+    For settings that would otherwise fail only when their step starts (a pipeline's later stages).
+
+    Raises:
+        SettingsError: An unknown key or timm model, ``weights: bundled`` with another model, or a weights
+            file that does not exist (the message starts with ``where``).
+    """
+    if config is None:
+        return
+    if not isinstance(config, Mapping):
+        raise SettingsError(f"{where} must be a mapping of BackboneConfig fields, got {config!r}")
+    known = {f.name for f in fields(BackboneConfig)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise SettingsError(f"{where}: unknown keys {unknown}; expected a subset of {sorted(known)}")
+    name = config.get("name", BUNDLED_NAME)
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise SettingsError(f"{where}.name: {name!r} is not a timm model (see timm.list_models())")
+    kind = _weights_kind(config.get("weights", "bundled"))
+    if kind == "bundled" and name != BUNDLED_NAME:
+        raise SettingsError(f"{where}.weights: 'bundled' weights are {BUNDLED_NAME}'s, not {name!r}'s")
+    if kind == "file" and not Path(os.fspath(config["weights"])).expanduser().is_file():
+        raise SettingsError(f"{where}.weights: {config['weights']!r} is not a file")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Bundled EfficientNet-Lite0
 
@@ -287,7 +317,7 @@ def bundled_lite0_state_dict() -> dict[str, Tensor]:
         ValueError: If the tensor counts or any shape differ.
     """
     path = _bundled_file()
-    source = torch.load(path, map_location="cpu", weights_only=True)
+    source = load_torch_file(path, "bundled weights file")
     with torch.device("meta"):
         reference = timm.create_model(BUNDLED_NAME, pretrained=False).state_dict()
     if len(source) != len(reference):
@@ -377,15 +407,15 @@ def _load_file_into(
 def _read_checkpoint(path: Path) -> tuple[dict[str, Tensor], str]:
     if not path.is_file():
         raise FileNotFoundError(f"Backbone weight file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             raw: Any = load_file(str(path), device="cpu")
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling/safetensors errors come in many types
-        raise ValueError(f"{path}: cannot read as a PyTorch or safetensors checkpoint: {err}") from err
+        except Exception as err:  # noqa: BLE001 - safetensors errors come in several types
+            raise InvalidInputError(path, f"not a readable safetensors weights file ({err})") from None
+    else:
+        raw = load_torch_file(path, "weights file")
 
     # Unwrap {"state_dict": ...}, {"model": ...}, ... until we reach tensors.
     while isinstance(raw, Mapping) and not any(isinstance(v, Tensor) for v in raw.values()):

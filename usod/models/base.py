@@ -15,6 +15,7 @@ from torch import Tensor
 from usod import loggers
 from usod.data.io import InvalidInputError, atomic_write_bytes
 from usod.metrics import SOD_KEYS, SODMetrics
+from usod.models.files import load_torch_file
 from usod.models.registry import UnknownModelError, model_class
 
 #: Checkpoint key holding the import path of the module class that wrote it.
@@ -459,15 +460,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             objects other than tensors and plain containers).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    if path.stat().st_size == 0:
-        raise InvalidInputError(path, "not a readable checkpoint (the file is empty)")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        reason = next(iter(str(err).splitlines()), "") or type(err).__name__
-        raise InvalidInputError(path, f"not a readable checkpoint ({reason})") from err
+    ckpt = load_torch_file(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict):
         raise InvalidInputError(path, f"not a checkpoint (holds a {type(ckpt).__name__}, not a dict)")
     return ckpt

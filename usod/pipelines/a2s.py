@@ -52,19 +52,20 @@ import pytorch_lightning as pl
 from usod.data.datamodules import get_datamodule
 from usod.data.datasets import DATASETS, get_dataset
 from usod.data.io import InvalidInputError, atomic_write_bytes, write_png_atomic
+from usod.data.transforms import check_image_size
 from usod.distributed import barrier, init_from_launcher, is_rank_zero
 from usod.evaluation import eval_device, evaluate_checkpoint, format_table, plot_curves, score_round
 from usod.labels import PseudoLabelStore
 from usod.labels.quality import PseudoLabelQuality
 from usod.labels.rounds import LabelRoundWriter, portable_path, write_label_round
 from usod.loggers import active_run, log_results, wandb_job
+from usod.models.backbones import check_backbone
 from usod.models.cue_extractor import CueExtractor
 from usod.models.saliency_detector import SaliencyDetector
 from usod.ops.crf import PostProcessConfig
 from usod.pipelines.steps import (
     RunSettings,
     check_arguments,
-    check_image_size,
     predict_settings,
     retire,
     save_step_checkpoint,
@@ -164,6 +165,8 @@ class PipelineConfig(RunSettings):
                 raise ValueError(f"eval[{index}]: {err}") from None
         check_arguments("stage1", CueExtractor, self.stage1)
         check_arguments("stage2", SaliencyDetector, self.stage2)
+        check_backbone(self.stage1.get("backbone"), "stage1.backbone")
+        check_backbone(self.stage2.get("backbone", self.stage1.get("backbone")), "stage2.backbone")
 
 
 def eval_name(entry: dict[str, Any]) -> str:

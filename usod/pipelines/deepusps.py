@@ -46,6 +46,7 @@ from usod.labels import PseudoLabelStore
 from usod.labels.quality import PseudoLabelQuality
 from usod.labels.rounds import LabelRoundWriter, write_label_round
 from usod.loggers import active_run, log_results, wandb_job
+from usod.models.backbones import check_backbone
 from usod.models.deepusps import DeepUSPSRefiner
 from usod.pipelines.steps import (
     RunSettings,
@@ -124,6 +125,8 @@ class DeepUSPSConfig(RunSettings):
             raise ValueError("rounds must be >= 0 and epochs, fusion_epochs >= 1")
         check_arguments("refiner", DeepUSPSRefiner, self.refiner)
         check_arguments("fusion", DeepUSPSRefiner, self.fusion)
+        check_backbone(self.refiner.get("backbone"), "refiner.backbone")
+        check_backbone(self.fusion.get("backbone"), "fusion.backbone")
         start = int(self.refiner.get("mva_start_epoch", 0))
         if start >= self.epochs:
             raise ValueError(

@@ -24,7 +24,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from usod.callbacks import PerformanceOptions
 from usod.data.datasets import DATASETS, get_dataset
-from usod.data.transforms import DEFAULT_IMAGE_SIZE
+from usod.data.transforms import DEFAULT_IMAGE_SIZE, check_image_size
 from usod.distributed import barrier, is_rank_zero
 from usod.loggers import logger_settings, stage_loggers
 from usod.progress import progress_enabled
@@ -33,7 +33,6 @@ __all__ = [
     "PRECISIONS",
     "RunSettings",
     "check_arguments",
-    "check_image_size",
     "predict_settings",
     "retire",
     "save_step_checkpoint",
@@ -155,13 +154,6 @@ class RunSettings:
         return get_dataset(
             self.dataset, root=self.root, split=self.split, with_masks=with_masks, skip_invalid=skip_invalid
         )
-
-
-def check_image_size(name: str, value: Any) -> None:
-    """A network input size: a positive integer or ``[height, width]``."""
-    sizes = value if isinstance(value, (list, tuple)) else [value]
-    if not (sizes and len(sizes) <= 2 and all(_is_int(v) and v > 0 for v in sizes)):
-        raise ValueError(f"{name} must be a positive integer (or [height, width]), got {value!r}")
 
 
 def check_arguments(where: str, cls: type, kwargs: Any) -> None:

@@ -15,8 +15,14 @@ from torch.utils.data.distributed import DistributedSampler
 
 from usod.data.cache import CachedDataset
 from usod.data.datasets import get_dataset, get_dataset_class
-from usod.data.io import NoMasksError
-from usod.data.transforms import DEFAULT_IMAGE_SIZE, EvalTransform, GPUAugmentation, TrainTransform
+from usod.data.io import NoMasksError, SettingsError
+from usod.data.transforms import (
+    DEFAULT_IMAGE_SIZE,
+    EvalTransform,
+    GPUAugmentation,
+    TrainTransform,
+    check_image_size,
+)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -168,6 +174,10 @@ class SODDataModule(pl.LightningDataModule):
             None if p is None else str(p) for p in (root, val_root, pseudo_dir, flow_cache)
         )
         self.save_hyperparameters()
+        check_image_size("image_size", image_size)
+        for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise SettingsError(f"{name} must be an integer >= {low}, got {value!r}")
         self.dataset_name = dataset
         self.root = Path(root)
         self.split = split

@@ -36,6 +36,7 @@ from torchmetrics import MeanMetric
 from usod.data.io import InvalidInputError
 from usod.models.backbones import build_encoder
 from usod.models.base import USODModule
+from usod.models.files import load_torch_file
 from usod.models.sdg.loss import StructureLoss
 from usod.models.sdg.text import Vocabulary
 from usod.models.sdg.torch_model import (
@@ -66,13 +67,7 @@ DEFAULT_CAPTION_BACKBONE: dict[str, Any] = {
 
 
 def _read_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: init_from checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        raise InvalidInputError(path, f"not a readable checkpoint ({str(err).splitlines()[0]})") from err
+    ckpt = load_torch_file(path, "init_from checkpoint")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise InvalidInputError(path, "not a Lightning checkpoint (no 'state_dict')")
     return ckpt
