@@ -220,7 +220,11 @@ def _disk_error(err: BaseException) -> str | None:
     if not isinstance(err, OSError) or err.errno not in _DISK_ERRNOS:
         return None
     where = err.filename or ""
-    advice = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "choose a writable folder"
+    advice = {
+        errno.ENOSPC: "free some space",
+        errno.EDQUOT: "free some space",
+        errno.EROFS: "choose a writable folder",
+    }.get(err.errno, "fix the permissions")
     return (
         f"{where}{': ' if where else ''}{err.strerror or err}. Finished outputs are kept: {advice} and run "
         "the same command again to resume"

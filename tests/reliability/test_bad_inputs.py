@@ -217,3 +217,48 @@ def test_a_full_or_read_only_disk_stops_labelling_in_one_line_and_resumes(
     monkeypatch.setattr(usod.data.io.os, "replace", real_replace)
     assert _label(stage1_ckpt, root, out) == 0  # resumes; what was written is kept
     assert len(list((out / "rounds" / "stage1").glob("*.png"))) == 4
+
+
+# --------------------------------------------------------------------------------------------- large images
+def test_the_crf_of_a_large_image_runs_at_a_bounded_working_resolution() -> None:
+    """Above ``max_pixels`` the CRF and median filter run downscaled; the label keeps the original size and
+    agrees with the full-resolution one."""
+    import cv2
+    import numpy as np
+
+    from usod.ops.crf import PostProcessConfig, postprocess
+
+    yy, xx = np.mgrid[0:300, 0:400]
+    inside = (yy - 150) ** 2 + (xx - 200) ** 2 < 90**2
+    image = np.where(inside[..., None], np.uint8([220, 180, 40]), np.uint8([30, 60, 90])).astype(np.uint8)
+    image = cv2.GaussianBlur(image, (0, 0), 3)
+    prob = cv2.GaussianBlur(inside.astype(np.float32) * 0.8 + 0.1, (0, 0), 12)
+    full = postprocess(image, prob, PostProcessConfig())
+    small = postprocess(image, prob, PostProcessConfig(), max_pixels=20_000)  # 1/6 of the pixels
+    assert small.shape == full.shape == (300, 400) and set(np.unique(small)) <= {0, 255}
+    iou = np.logical_and(small > 0, full > 0).sum() / np.logical_or(small > 0, full > 0).sum()
+    assert iou > 0.95, iou
+    untouched = postprocess(image, prob, PostProcessConfig(), max_pixels=300 * 400)  # at the limit: as before
+    assert np.array_equal(untouched, full)
+
+
+def test_an_unreadable_input_folder_says_so(tmp_path, capsys, monkeypatch) -> None:
+    """Not "no images found": the folder could not be listed (simulated; the tests may run as root)."""
+    import os
+
+    import usod.data.io
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    real = os.scandir
+
+    def scandir(path=".", *args):
+        if Path(path) == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args)
+
+    monkeypatch.setattr(usod.data.io.os, "scandir", scandir)
+    argv = ["handcrafted", "--method", "rbd", "--input", str(folder), "--output", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "locked: cannot be read: permission denied" in err and "no images" not in err

@@ -468,8 +468,19 @@ def write_png_atomic(path: str | Path, array: np.ndarray) -> Path:
 
 
 def images_under(root: str | Path) -> list[Path]:
-    """Every image file under ``root`` (recursively, in path order), hidden files and folders excluded."""
+    """Every image file under ``root`` (recursively, in path order), hidden files and folders excluded.
+
+    Raises:
+        InvalidInputError: ``root`` cannot be listed (permission denied), instead of looking empty.
+    """
     root = Path(root)
+    try:
+        with os.scandir(root):
+            pass
+    except PermissionError:
+        raise InvalidInputError(root, "cannot be read: permission denied") from None
+    except NotADirectoryError:
+        raise InvalidInputError(root, "is not a folder") from None
     return sorted(
         p
         for p in root.rglob("*")

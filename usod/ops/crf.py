@@ -171,8 +171,18 @@ class PostProcessConfig:
         return asdict(self)
 
 
+#: The dense CRF runs on at most this many pixels (4 MP, e.g. 2000 x 2000): a larger image and its map are
+#: downscaled for it and the label is brought back to the original size, so that memory per image stays
+#: bounded (an 8000 x 8000 image made the CRF grow past 22 GB). Every benchmark image is far below it.
+CRF_MAX_PIXELS = 4_000_000
+
+
 def postprocess(
-    image: np.ndarray | None, prob: np.ndarray, config: PostProcessConfig | None = None
+    image: np.ndarray | None,
+    prob: np.ndarray,
+    config: PostProcessConfig | None = None,
+    *,
+    max_pixels: int = CRF_MAX_PIXELS,
 ) -> np.ndarray:
     """Turns a probability map into a uint8 pseudo label: ``MF(threshold(CRF(image, prob)))``.
 
@@ -180,12 +190,22 @@ def postprocess(
         image: HxWx3 uint8 RGB image, or ``None`` when ``config.crf`` is False.
         prob: HxW float in [0, 1] (or uint8 0..255).
         config: Settings; defaults to :class:`PostProcessConfig` (A2S's official pipeline).
+        max_pixels: Working resolution of the CRF and the median filter: a larger image runs at
+            ``sqrt(max_pixels / pixels)`` of its size (area-averaged image, bilinear map) and the label is
+            resized back (bilinear, then thresholded again) to the original size.
 
     Returns:
-        HxW uint8 label (0/255 when thresholded, else 0..255).
+        HxW uint8 label at the size of ``prob`` (0/255 when thresholded, else 0..255).
     """
     config = config or PostProcessConfig()
     prob = _check_prob(prob)
+    height, width = prob.shape
+    scale = (max_pixels / (height * width)) ** 0.5 if config.crf and height * width > max_pixels else 1.0
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        prob = cv2.resize(prob, size, interpolation=cv2.INTER_LINEAR)
+        if image is not None:
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     if config.crf:
         if image is None:
             raise ValueError("the CRF needs the RGB image; pass it or set PostProcessConfig(crf=False)")
@@ -196,6 +216,10 @@ def postprocess(
         label = np.rint(prob * 255.0).astype(np.uint8)
     if config.median_ksize > 1:
         label = median_filter(label, config.median_ksize)
+    if scale < 1.0:
+        label = cv2.resize(label, (width, height), interpolation=cv2.INTER_LINEAR)
+        if config.threshold is not None:
+            label = np.where(label >= 128, 255, 0).astype(np.uint8)
     return label
 
 
