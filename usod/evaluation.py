@@ -137,7 +137,10 @@ def read_prediction(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(path, "file does not exist")
-    data = np.fromfile(str(path), dtype=np.uint8)
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except PermissionError:
+        raise InvalidInputError(path, "cannot be read: permission denied") from None
     if data.size == 0:
         raise InvalidInputError(path, "file is empty (0 bytes)")
     with contextlib.suppress(AttributeError):

@@ -262,3 +262,68 @@ def test_an_unreadable_input_folder_says_so(tmp_path, capsys, monkeypatch) -> No
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "locked: cannot be read: permission denied" in err and "no images" not in err
+
+
+def test_unreadable_files_and_folders_are_named_by_evaluate_and_inspect(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """Permission errors (simulated: the tests may run as root) in one line that names the file."""
+    import os
+
+    import numpy as np
+
+    import usod.data.datasets.base
+    import usod.evaluation
+
+    root = write_dataset(tmp_path / "data", "rgb", 3, size=(32, 32))
+    locked = sorted((root / "masks").iterdir())[1]
+    real_fromfile = np.fromfile
+
+    def fromfile(name, *args, **kwargs):
+        if Path(name) == locked:
+            raise PermissionError(13, "Permission denied", str(name))
+        return real_fromfile(name, *args, **kwargs)
+
+    monkeypatch.setattr(usod.evaluation.np, "fromfile", fromfile)
+    assert main(["evaluate", "--gt", str(root / "masks"), "--pred", str(root / "masks")]) == 2
+    err = capsys.readouterr().err
+    assert f"{locked}: cannot be read: permission denied" in err and "Traceback" not in err
+    monkeypatch.undo()
+
+    real_scandir = os.scandir
+
+    def scandir(path=".", *args):
+        if Path(path) == root / "masks":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path, *args)
+
+    monkeypatch.setattr(usod.data.datasets.base.os, "scandir", scandir)
+    code = main(["data", "inspect", "--name", "folder", "--root", str(root)])
+    captured = capsys.readouterr()
+    assert code in (1, 2) and "masks: cannot be read: permission denied" in captured.out + captured.err
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ({"stage1": {"backbone": {"name": "no_such_net", "weights": "none"}}}, "is not a timm model"),
+        ({"stage2": {"backbone": {"name": "resnet18", "weights": "/no/such.pth"}}}, "is not a file"),
+        ({"stage1": {"backbone": {"name": "resnet18", "weights": "bundled"}}}, "'bundled' weights"),
+    ],
+)
+def test_pipeline_backbone_settings_are_checked_before_any_step(extra, problem, tmp_path, capsys) -> None:
+    root = write_dataset(tmp_path / "data", "rgb", 2, size=(32, 32))
+    config = _pipeline_config(tmp_path / "p.yaml", root, tmp_path / "out", **extra)
+    assert main(["pipeline", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and "p.yaml" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_pipeline_yaml_that_is_not_utf8_is_named(tmp_path, capsys) -> None:
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("out: r\u00e9sultats\n".encode("latin-1"))
+    assert main(["pipeline", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "latin1.yaml: not UTF-8 text" in err and "Traceback" not in err

@@ -121,8 +121,11 @@ def index_folder(
     rank = {e: i for i, e in enumerate(exts)}
     index: dict[str, Path] = {}
     duplicates: list[tuple[Path, str]] = []
-    with os.scandir(folder) as it:
-        visible = [e for e in it if not e.name.startswith(".")]
+    try:
+        with os.scandir(folder) as it:
+            visible = [e for e in it if not e.name.startswith(".")]
+    except PermissionError:
+        raise InvalidInputError(folder, "cannot be read: permission denied") from None
     files = []
     for entry in visible:
         try:
