@@ -10,7 +10,8 @@ with predictions resized to each mask's original size:
   colour masks), predictions with OpenCV as grayscale (colour maps with the usual luma weights, 16-bit maps
   scaled to 8 bits), as the common SOD evaluation scripts do; inputs those conventions probably misread are
   named in a note on stderr. ``usod evaluate`` is this.
-* :func:`score_round`: a round of a :class:`~usod.labels.PseudoLabelStore` against the dataset it labels.
+* :func:`score_round`: a round of a :class:`~usod.labels.PseudoLabelStore` against the dataset it labels,
+  and :func:`score_labels`: any ``id -> label`` mapping (e.g. a module's label bank while it trains).
 * :func:`evaluate_checkpoint`: a usod checkpoint's predictions on a dataset with ground truth.
 * :func:`plot_curves` and :func:`format_table` for any of these results.
 
@@ -67,6 +68,7 @@ __all__ = [
     "read_prediction",
     "written_by_usod",
     "report_unpaired",
+    "score_labels",
     "score_pairs",
     "score_round",
     "worker_pool",
@@ -436,6 +438,22 @@ def report_unpaired(res: MethodResult) -> None:
             )
 
 
+class _RoundLabels(Mapping):
+    """The labels of a store round, read when asked for (``id -> HxW uint8``)."""
+
+    def __init__(self, store: PseudoLabelStore, name: str, ids: Sequence[str]) -> None:
+        self.store, self.name, self.ids = store, name, list(ids)
+
+    def __getitem__(self, sample_id: str) -> np.ndarray:
+        return self.store.read(sample_id, self.name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 def score_round(
     store: str | Path | PseudoLabelStore,
     dataset: Any,
@@ -464,13 +482,47 @@ def score_round(
     store = store if isinstance(store, PseudoLabelStore) else PseudoLabelStore(store)
     device = collective_device() if distributed else torch.device("cpu")
     metric = SODMetrics(sync_on_compute=distributed).to(device)
-    todo = shard(len(dataset.files)) if distributed else range(len(dataset.files))
-    for index in progress_bar(todo, desc=f"score {round_name}", unit="img", enabled=progress):
-        files = dataset.files[index]
-        sample = dataset.load_raw(index)
-        label = torch.tensor(store.read(files.id, round_name), device=device)
-        metric.update(label[None], torch.tensor(sample["mask"], device=device)[None])
+    files = dataset.files
+    ids = [files[i].id for i in (shard(len(files)) if distributed else range(len(files)))]
+    masks = {f.id: f.mask for f in files}
+    labels = _RoundLabels(store, round_name, ids)
+    score_labels(labels, masks, ids=ids, metric=metric, progress=progress, desc=f"score {round_name}")
     return _result(metric)
+
+
+def score_labels(
+    labels: Mapping[str, np.ndarray],
+    masks: Mapping[str, str | Path],
+    ids: Sequence[str] | None = None,
+    metric: SODMetrics | None = None,
+    progress: bool | None = False,
+    desc: str = "label quality",
+) -> SODMetrics:
+    """Accumulate labels (HxW uint8, any resolution) against their ground-truth masks into a metric.
+
+    Labels are resized (bilinear) to their mask's size, as a label written at original size would be.
+
+    Args:
+        labels: ``id -> HxW uint8`` labels.
+        masks: ``id -> mask file``.
+        ids: Ids to score (default: every id with both a label and a mask).
+        metric: Metric to update (default: a new :class:`~usod.metrics.SODMetrics`).
+        progress: Show a progress bar (``None``: only on a terminal).
+        desc: The progress bar's title.
+
+    Returns:
+        The updated metric (call ``compute()``: under DDP, on every rank).
+    """
+    metric = SODMetrics() if metric is None else metric
+    todo = sorted(set(labels) & set(masks)) if ids is None else list(ids)
+    device = metric.n.device
+    for sample_id in progress_bar(todo, desc=desc, unit="img", enabled=progress):
+        mask = np.array(read_mask(masks[sample_id]), dtype=np.uint8)  # writable, for torch
+        label = np.array(labels[sample_id], dtype=np.uint8)
+        if label.shape != mask.shape:
+            label = cv2.resize(label, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)
+        metric.update(torch.from_numpy(label)[None].to(device), torch.from_numpy(mask)[None].to(device))
+    return metric
 
 
 def _result(metric: SODMetrics) -> dict[str, Any]:

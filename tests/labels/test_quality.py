@@ -13,7 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from usod.data.synth import write_dataset
-from usod.labels.quality import PseudoLabelQuality, score_labels
+from usod.evaluation import score_labels
+from usod.labels.quality import PseudoLabelQuality
 from usod.metrics import SODMetrics
 
 

@@ -15,61 +15,25 @@ quality" curves of A2S, DeepUSPS and seed 000), for logs and reports.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import pytorch_lightning as pl
-import torch
 
 from usod.data.datasets import get_dataset
-from usod.data.io import IMAGE_EXTENSIONS, InvalidInputError, read_mask
+from usod.data.io import IMAGE_EXTENSIONS, InvalidInputError
 from usod.distributed import rank_world
+from usod.evaluation import score_labels
 from usod.loggers import log_curves, train_epoch_end_step
 from usod.metrics import SOD_KEYS, SODMetrics
-from usod.progress import progress_bar
 
-__all__ = ["LABEL_QUALITY_KEYS", "PseudoLabelQuality", "score_labels", "training_masks"]
+__all__ = ["LABEL_QUALITY_KEYS", "PseudoLabelQuality", "training_masks"]
 
 log = logging.getLogger(__name__)
 
 #: Scores logged per label round (as ``label_<key>``).
 LABEL_QUALITY_KEYS: tuple[str, ...] = SOD_KEYS
-
-
-def score_labels(
-    labels: Mapping[str, np.ndarray],
-    masks: Mapping[str, str | Path],
-    ids: Sequence[str] | None = None,
-    metric: SODMetrics | None = None,
-    progress: bool | None = False,
-) -> SODMetrics:
-    """Accumulate labels (HxW uint8, any resolution) against their ground-truth masks into a metric.
-
-    Labels are resized (bilinear) to their mask's size, as a label written at original size would be.
-
-    Args:
-        labels: ``id -> HxW uint8`` labels.
-        masks: ``id -> mask file``.
-        ids: Ids to score (default: every id with both a label and a mask).
-        metric: Metric to update (default: a new :class:`~usod.metrics.SODMetrics`).
-        progress: Show a progress bar (``None``: only on a terminal).
-
-    Returns:
-        The updated metric (call ``compute()``: under DDP, on every rank).
-    """
-    metric = SODMetrics() if metric is None else metric
-    todo = sorted(set(labels) & set(masks)) if ids is None else list(ids)
-    device = metric.n.device
-    for sample_id in progress_bar(todo, desc="label quality", unit="img", enabled=progress):
-        mask = np.array(read_mask(masks[sample_id]), dtype=np.uint8)  # writable, for torch
-        label = np.array(labels[sample_id], dtype=np.uint8)
-        if label.shape != mask.shape:
-            label = cv2.resize(label, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)
-        metric.update(torch.from_numpy(label)[None].to(device), torch.from_numpy(mask)[None].to(device))
-    return metric
 
 
 def training_masks(datamodule: Any) -> dict[str, Path] | None:
