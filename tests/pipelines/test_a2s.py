@@ -10,6 +10,7 @@ import yaml
 
 from tests.helpers.models import RESNET18 as TINY
 from usod.cli import main
+from usod.data.io import InvalidInputError
 from usod.data.synth import write_dataset
 from usod.labels import PseudoLabelStore
 
@@ -399,3 +400,19 @@ def test_both_drivers_train_on_images_without_masks(tmp_path) -> None:
     )
     run_deepusps(config)
     assert config.fused_ckpt.is_file()
+
+
+def test_a_held_out_split_of_the_training_root_must_share_no_image(tmp_path) -> None:
+    from tests.helpers.layouts import write_msra_b
+    from usod.commands.pipeline import load_settings
+
+    root = tmp_path / "MSRA-B"
+    write_msra_b(root)
+    base = {"out": str(tmp_path / "out"), "dataset": "msra-b", "root": str(root), "split": "train"}
+    ok = load_settings(
+        tmp_path / "p.yaml", {**base, "eval": [{"dataset": "msra-b", "root": str(root), "split": "test"}]}
+    )
+    assert ok.eval[0]["split"] == "test"
+    overlap = {**base, "eval": [{"dataset": "msra-b", "root": str(root), "split": "trainval"}]}
+    with pytest.raises(InvalidInputError, match="shares 2 images with the training split 'train'"):
+        load_settings(tmp_path / "p.yaml", overlap)

@@ -181,16 +181,18 @@ class MSRAB(_RGBDataset):
             test_cvpr2013.txt
 
     Splits ``train``, ``val`` and ``test`` select the names in those list files (file extensions in the lists
-    are ignored); without a split all images are used. The common layouts below are accepted too, with the
-    same split lists at ``<root>``.
+    are ignored); ``trainval`` is the union of ``train`` and ``val`` (the 3,000 training images of A2S);
+    without a split all images are used. The common layouts below are accepted too, with the same split lists
+    at ``<root>``.
     """
 
     name = "msra-b"
-    splits = ("train", "val", "test")
-    split_files: ClassVar[dict[str, str]] = {
-        "train": "train_cvpr2013.txt",
-        "val": "valid_cvpr2013.txt",
-        "test": "test_cvpr2013.txt",
+    splits = ("train", "val", "trainval", "test")
+    split_files: ClassVar[dict[str, tuple[str, ...]]] = {
+        "train": ("train_cvpr2013.txt",),
+        "val": ("valid_cvpr2013.txt",),
+        "trainval": ("train_cvpr2013.txt", "valid_cvpr2013.txt"),
+        "test": ("test_cvpr2013.txt",),
     }
     native = (FolderLayout(".", mask=(".",), image_exts=(".jpg", ".jpeg"), mask_exts=(".png", ".bmp")),)
     layout = "<id>.jpg + <id>.png in one folder [+ {train,valid,test}_cvpr2013.txt]"
@@ -203,16 +205,18 @@ class MSRAB(_RGBDataset):
     def _select_stems(self, stems: list[str]) -> list[str]:
         if self.split is None:
             return stems
-        list_file = self.root / self.split_files[self.split]
-        if not list_file.is_file():
-            raise self._layout_error(
-                [f"{self.split_files[self.split]} (split list)"],
-                what=f"split {self.split!r} needs {list_file}",
-            )
-        wanted = {Path(line.strip()).stem for line in list_file.read_text().splitlines() if line.strip()}
+        wanted: set[str] = set()
         present = set(stems)
-        for name in sorted(wanted - present):
-            self._missing(list_file, f"lists {name!r} but no such image exists")
+        for name in self.split_files[self.split]:
+            list_file = self.root / name
+            if not list_file.is_file():
+                raise self._layout_error(
+                    [f"{name} (split list)"], what=f"split {self.split!r} needs {list_file}"
+                )
+            listed = {Path(line.strip()).stem for line in list_file.read_text().splitlines() if line.strip()}
+            for stem in sorted(listed - present):
+                self._missing(list_file, f"lists {stem!r} but no such image exists")
+            wanted |= listed
         return [s for s in stems if s in wanted]
 
 
