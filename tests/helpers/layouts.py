@@ -279,3 +279,24 @@ def write_a2s(root: Path, modality: str) -> Written:
     if modality == "rgbt":
         return write_rgbt(root)
     return write_a2s_rgb(root)
+
+
+def on_generated_data(config: dict, folder: Path) -> dict:
+    """A pipeline config (a parsed YAML) whose dataset roots are replaced by tiny generated datasets of the
+    layouts it names, under ``folder``, and whose weights files are replaced by random weights: a config that
+    names data or weights outside the repository is checked for its structure, not for their presence."""
+    config = json.loads(json.dumps(config))
+    roots: dict[str, Path] = {}
+    for entry in [config, *config.get("eval", [])]:
+        name, root = entry.get("dataset", "folder"), entry["root"]
+        if root not in roots:
+            target = folder / f"data{len(roots)}"
+            (write_msra_b if name == "msra-b" else NATIVE_WRITERS[name])(target)
+            roots[root] = target
+        entry["root"] = str(roots[root])
+    for stage in ("stage1", "stage2", "refiner", "fusion"):
+        backbone = (config.get(stage) or {}).get("backbone")
+        if backbone and str(backbone.get("weights", "")).endswith((".pth", ".tar", ".safetensors")):
+            backbone["weights"] = "none"
+    config["out"] = str(folder / "run")
+    return config

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers.layouts import NATIVE_WRITERS, write_msra_b
+from tests.helpers.layouts import on_generated_data
 
 REPO = Path(__file__).resolve().parents[2]
 SEEDS = REPO.parent / "shared" / "seeds"
@@ -88,24 +88,10 @@ def test_the_quoted_sentences_are_the_papers(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
-def test_paper_configs_load_on_data_of_their_layout(name: str, tmp_path: Path, monkeypatch) -> None:
+def test_paper_configs_load_on_data_of_their_layout(name: str, tmp_path: Path) -> None:
     from usod.commands.pipeline import load_settings
 
-    config = yaml.safe_load((REPO / "configs" / "paper" / name).read_text())
-    roots: dict[str, Path] = {}
-    for entry in [{"dataset": config["dataset"], "root": config["root"]}, *config.get("eval", [])]:
-        if entry["root"] not in roots:
-            folder = tmp_path / entry["root"]
-            (write_msra_b if entry["dataset"] == "msra-b" else NATIVE_WRITERS[entry["dataset"]])(folder)
-            roots[entry["root"]] = folder
-    config["root"] = str(roots[config["root"]])
-    for entry in config.get("eval", []):
-        entry["root"] = str(roots[entry["root"]])
-    for stage in ("stage1", "stage2", "refiner", "fusion"):
-        backbone = (config.get(stage) or {}).get("backbone")
-        if backbone and str(backbone.get("weights", "")).endswith((".pth", ".tar", ".safetensors")):
-            backbone["weights"] = "none"  # the user's file; random weights for the dry run
-    config["out"] = str(tmp_path / "run")
+    config = on_generated_data(yaml.safe_load((REPO / "configs" / "paper" / name).read_text()), tmp_path)
     built = load_settings(REPO / "configs" / "paper" / name, config)
     assert built.training_set(with_masks=False).files  # the training split exists in that layout
     assert not (tmp_path / "run").exists()

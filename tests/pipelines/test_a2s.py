@@ -203,10 +203,11 @@ def test_config_errors_name_the_file(data, tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize("path", sorted(Path("configs/pipeline").glob("a2s_*.yaml")), ids=lambda p: p.name)
-def test_shipped_pipeline_configs_load(path: Path) -> None:
-    from usod.commands.pipeline import load_config
+def test_shipped_pipeline_configs_load(path: Path, tmp_path: Path) -> None:
+    from tests.helpers.layouts import on_generated_data
+    from usod.commands.pipeline import load_settings
 
-    config = load_config(path)
+    config = load_settings(path, on_generated_data(yaml.safe_load(path.read_text()), tmp_path))
     assert config.stage1_epochs > 0 and config.stage2_epochs > 0
     assert config.stage1["backbone"]["weights"] == "bundled"
 
