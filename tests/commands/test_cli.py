@@ -294,3 +294,20 @@ def test_evaluate_checks_its_output_paths_before_scoring(tmp_path, capsys) -> No
     assert "unsupported plot format" in capsys.readouterr().err
     assert main([*base, "--json", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "order", [("trainer/gpu.yaml", "logger/wandb.yaml"), ("logger/wandb.yaml", "trainer/gpu.yaml")]
+)
+def test_combined_configs_keep_every_callback(order, capsys, monkeypatch) -> None:
+    """A trainer and a logger config after an experiment: both add their callbacks, in either order."""
+    monkeypatch.chdir(REPO)
+    configs = ["configs/experiment/a2s_stage1_synth.yaml", *(f"configs/{name}" for name in order)]
+    argv = ["fit", *(item for path in configs for item in ("--config", path)), "--print_config"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert (
+        "usod.callbacks.PerformanceOptions" in printed and "usod.labels.quality.PseudoLabelQuality" in printed
+    )

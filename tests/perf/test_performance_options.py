@@ -108,6 +108,6 @@ def test_pipeline_and_trainer_configs_carry_the_options(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     for name in ("gpu", "ddp"):
         trainer_config = yaml.safe_load((repo / f"configs/trainer/{name}.yaml").read_text())["trainer"]
-        (callback,) = trainer_config["callbacks"]
+        (callback,) = trainer_config["callbacks+"]  # appended to earlier configs' callbacks
         assert callback["class_path"] == "usod.callbacks.PerformanceOptions"
         PerformanceOptions(**callback["init_args"])  # the arguments exist
