@@ -349,16 +349,9 @@ def test_skip_invalid_leaves_broken_eval_samples_out(tmp_path) -> None:
     shutil.copytree(write_dataset(tmp_path / "h", "rgb", 3, seed=2, size=(32, 32)), heldout)
     sorted((heldout / "masks").iterdir())[0].unlink()  # an eval image without its mask
     settings = {
-        "root": train,
-        "image_size": 32,
-        "batch_size": 4,
-        "num_workers": 0,
-        "postprocess_workers": 0,
-        "stage1_epochs": 1,
-        "stage1": {"backbone": TINY},
+        **_small_run(train),
         "stage2_epochs": 0,
         "eval": [{"name": "h", "dataset": "folder", "root": str(heldout)}],
-        "accelerator": "cpu",
     }
     with pytest.raises(ValueError, match=r"eval\[0\]: .*skip_invalid: true` in a pipeline config"):
         PipelineConfig(out=tmp_path / "strict", **settings)  # found before training

@@ -201,13 +201,8 @@ def parse_args(prog: str, argv: list[str]) -> argparse.Namespace:
 
 def load_settings(path: Path, values: dict[str, Any], given: set[str] | None = None) -> Any:
     """The pipeline config of ``values`` (field -> value, ``method``: the class); errors name ``path``."""
-    from usod.pipelines import PIPELINES
-
     values = dict(values)
-    method = values.pop("method", None) or "a2s"
-    if method not in PIPELINES:
-        raise InvalidInputError(path, f"unknown method {method!r}; known: {sorted(PIPELINES)}")
-    config_class = PIPELINES[method][0]
+    config_class = _config_class(path, {"method": values.pop("method", None) or "a2s"})
     known = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(values) - known)
     if unknown:

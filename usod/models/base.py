@@ -376,14 +376,18 @@ def checked_arguments(cls: type, kwargs: Any, source: str | Path) -> dict[str, A
         raise InvalidInputError(
             source, f"hyper-parameters must be a mapping of names, got {type(kwargs).__name__}"
         )
-    params = inspect.signature(cls.__init__).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(kwargs) - set(params) - {"self"})
-        if unknown:
-            raise InvalidInputError(
-                source, f"hyper-parameters {unknown[:5]} are not arguments of {cls.__name__}"
-            )
+    unknown = unknown_arguments(cls, kwargs)
+    if unknown:
+        raise InvalidInputError(source, f"hyper-parameters {unknown[:5]} are not arguments of {cls.__name__}")
     return kwargs
+
+
+def unknown_arguments(cls: type, kwargs: dict[str, Any]) -> list[str]:
+    """The keys of ``kwargs`` that ``cls.__init__`` does not take (none if it takes ``**kwargs``), sorted."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    return sorted(set(kwargs) - set(params) - {"self"})
 
 
 def checkpoint_class(ckpt: dict[str, Any], source: str | Path) -> type[USODModule]:

@@ -147,31 +147,33 @@ class PipelineConfig(RunSettings):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.stage2_image_size is not None:
             check_image_size("stage2_image_size", self.stage2_image_size)
+        training_images: set[Path] | None = None  # listed once, when a held-out set shares the root
         for index, entry in enumerate(self.eval):
             where, dataset, root = f"eval[{index}].", entry["dataset"], Path(entry["root"])
             if dataset not in DATASETS:
                 raise ValueError(f"{where}dataset: unknown {dataset!r}; registered: {sorted(DATASETS)}")
             if not root.exists():  # the training root is read first anyway; eval roots at the end
                 raise ValueError(f"{where}root: {str(root)!r} does not exist")
-            other_split = entry.get("split") not in (None, self.split) and self.split is not None
-            if root.resolve() == self.root.resolve() and not other_split:  # another split: checked below
+            try:  # opened now (file lists only), read after training
+                held_out = {f.image for f in _scored_set(self, entry).files}
+            except InvalidInputError as err:
+                raise ValueError(f"eval[{index}]: {err}") from None
+            if root.resolve() != self.root.resolve():
+                continue
+            if training_images is None:
+                training_images = {f.image for f in self.training_set(with_masks=False).files}
+            shared = held_out & training_images
+            if shared == held_out:
                 raise ValueError(
                     f"{where}root is the training root: a held-out set must hold other images (the report "
                     "scores the pseudo labels on the training images already)"
                 )
-        for index, entry in enumerate(self.eval):  # opened now (file lists only), read after training
-            try:
-                held_out = _scored_set(self, entry)
-            except InvalidInputError as err:
-                raise ValueError(f"eval[{index}]: {err}") from None
-            if Path(entry["root"]).resolve() == self.root.resolve():  # another split of the training root
-                shared = {f.image for f in held_out.files} & {f.image for f in self.training_set(False).files}
-                if shared:
-                    raise ValueError(
-                        f"eval[{index}]: split {entry.get('split')!r} shares {len(shared)} images with the "
-                        f"training split {self.split!r} (e.g. {sorted(shared)[0]}); a held-out set must hold "
-                        "other images"
-                    )
+            if shared:  # another split of the training root that overlaps it
+                raise ValueError(
+                    f"eval[{index}]: split {entry.get('split')!r} shares {len(shared)} images with the "
+                    f"training split {self.split!r} (e.g. {sorted(shared)[0]}); a held-out set must hold "
+                    "other images"
+                )
         check_arguments("stage1", CueExtractor, self.stage1)
         check_arguments("stage2", SaliencyDetector, self.stage2)
         check_backbone(self.stage1.get("backbone"), "stage1.backbone")

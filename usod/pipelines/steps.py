@@ -8,7 +8,6 @@ steps make.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import time
@@ -27,6 +26,7 @@ from usod.data.datasets import DATASETS, get_dataset
 from usod.data.transforms import DEFAULT_IMAGE_SIZE, check_image_size
 from usod.distributed import barrier, is_rank_zero
 from usod.loggers import logger_settings, stage_loggers
+from usod.models.base import unknown_arguments
 from usod.progress import progress_enabled
 
 __all__ = [
@@ -160,8 +160,7 @@ def check_arguments(where: str, cls: type, kwargs: Any) -> None:
     """``kwargs`` must name parameters of ``cls`` and keep ``Literal`` parameters to their values."""
     if not isinstance(kwargs, dict):
         raise ValueError(f"{where} must be a mapping of {cls.__name__} arguments, got {kwargs!r}")
-    params = inspect.signature(cls.__init__).parameters
-    unknown = sorted(set(kwargs) - set(params) - {"self"})
+    unknown = unknown_arguments(cls, kwargs)
     if unknown:
         raise ValueError(f"{where}: {cls.__name__} has no argument(s) {unknown}")
     try:
